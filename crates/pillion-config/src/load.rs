@@ -1,0 +1,164 @@
+//! Reading a configuration: YAML to [`Config`], with errors located in the file.
+
+use crate::model::Config;
+use crate::{locate::Locations, ConfigError, ConfigErrors};
+
+impl Config {
+    /// Parses and validates a configuration; `file` names it in errors.
+    pub fn load(text: &str, file: &str) -> Result<Self, ConfigErrors> {
+        let config = Self::from_yaml(text, file)?;
+        config.validate(text, file)?;
+        Ok(config)
+    }
+
+    /// Parses a configuration without the semantic checks of [`Config::validate`].
+    pub fn from_yaml(text: &str, file: &str) -> Result<Self, ConfigErrors> {
+        if text.trim().is_empty() {
+            return Err(ConfigError {
+                file: file.to_string(),
+                line: None,
+                column: None,
+                path: String::new(),
+                message: "the file is empty; expected a mapping with `listeners` and `clusters`"
+                    .into(),
+            }
+            .into());
+        }
+        let de = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = match e.path().to_string() {
+                p if p == "." => String::new(),
+                p => p,
+            };
+            let inner = e.into_inner();
+            let (line, column) = match inner.location() {
+                Some(l) => (Some(l.line()), Some(l.column())),
+                None => match Locations::index(text).find(&path) {
+                    Some((l, c)) => (Some(l), Some(c)),
+                    None => (None, None),
+                },
+            };
+            ConfigError {
+                file: file.to_string(),
+                line,
+                column,
+                path,
+                message: clean_message(&inner.to_string()),
+            }
+            .into()
+        })
+    }
+}
+
+/// serde_yaml appends "at line L column C" to its messages; the location is reported separately.
+fn clean_message(msg: &str) -> String {
+    let msg = match msg.rfind(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    let msg = msg.trim_end_matches(|c: char| c == '.' || c.is_whitespace());
+    // The path prefix serde_yaml adds ("listeners[0].name: ...") duplicates ours.
+    match msg.split_once(": ") {
+        Some((head, rest)) if !head.contains(' ') && !rest.is_empty() => rest.to_string(),
+        _ => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        match Config::load(text, "t.yaml") {
+            Ok(c) => panic!("expected an error, got {c:?}"),
+            Err(e) => e.0.into_iter().next().unwrap(),
+        }
+    }
+
+    const GOOD: &str = "\
+listeners:
+  - name: in
+    address: 127.0.0.1:15006
+    cluster: app
+clusters:
+  - name: app
+    endpoints: [127.0.0.1:8080]
+";
+
+    #[test]
+    fn good_config_with_defaults() {
+        let c = Config::load(GOOD, "t.yaml").unwrap();
+        assert_eq!(c.listeners[0].protocol, crate::Protocol::Auto);
+        assert_eq!(c.listeners[0].direction, crate::Direction::Inbound);
+        assert_eq!(c.clusters[0].connect_timeout, crate::Duration::from_secs(1));
+        assert_eq!(c.admin.address.port(), 15000);
+        assert_eq!(c.drain_timeout, crate::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let e = err("listeners:\n  - name: in\n    address: [oops\n");
+        assert_eq!(e.file, "t.yaml");
+        assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn unknown_key() {
+        let e = err(&GOOD.replace("    cluster: app\n", "    cluster: app\n    bogus: 1\n"));
+        assert_eq!(e.line, Some(5), "{e}");
+        assert_eq!(e.path, "listeners[0].bogus");
+        assert!(e.message.contains("unknown field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type() {
+        let e = err(&GOOD.replace("endpoints: [127.0.0.1:8080]", "endpoints: 7"));
+        assert_eq!(e.line, Some(7), "{e}");
+        assert_eq!(e.path, "clusters[0].endpoints");
+    }
+
+    #[test]
+    fn bad_duration() {
+        let e = err(&GOOD.replace(
+            "    endpoints:",
+            "    connect_timeout: 5 seconds\n    endpoints:",
+        ));
+        assert_eq!(e.line, Some(7), "{e}");
+        assert_eq!(e.path, "clusters[0].connect_timeout");
+        assert!(e.message.contains("250ms"), "{e}");
+    }
+
+    #[test]
+    fn bad_address() {
+        let e = err(&GOOD.replace("127.0.0.1:15006", "localhost:99999"));
+        assert_eq!(e.line, Some(3), "{e}");
+        assert_eq!(e.path, "listeners[0].address");
+        assert!(e.message.contains("localhost:99999"), "{e}");
+    }
+
+    #[test]
+    fn bad_enum_value() {
+        let e = err(&GOOD.replace(
+            "    cluster: app\n",
+            "    cluster: app\n    protocol: htp\n",
+        ));
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.message.contains("`http`"), "{e}");
+    }
+
+    #[test]
+    fn empty_file() {
+        let e = err("  \n");
+        assert!(e.message.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn display_names_everything() {
+        let e = err(&GOOD.replace("127.0.0.1:15006", "nope"));
+        let s = e.to_string();
+        assert!(
+            s.starts_with("t.yaml:3:14: listeners[0].address: expected an address"),
+            "{s}"
+        );
+    }
+}

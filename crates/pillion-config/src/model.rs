@@ -1,0 +1,243 @@
+//! The configuration model: plain structs read from YAML, with their defaults.
+
+use crate::value::{socket_addr, Duration, Endpoint, HostPattern};
+use serde::{Deserialize, Serialize};
+use std::{collections::BTreeMap, net::SocketAddr};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The admin endpoint (`/ready`, `/metrics`, ...).
+    #[serde(default)]
+    pub admin: Admin,
+    /// How long shutdown waits for in-flight requests and connections.
+    #[serde(default = "defaults::drain_timeout")]
+    pub drain_timeout: Duration,
+    /// The ports Pillion accepts traffic on.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    /// Named groups of upstream endpoints.
+    #[serde(default)]
+    pub clusters: Vec<Cluster>,
+}
+
+/// The admin endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Where it listens; loopback by default because it can change state.
+    #[serde(default = "defaults::admin_address", deserialize_with = "socket_addr")]
+    pub address: SocketAddr,
+}
+
+/// One port Pillion accepts traffic on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Unique name, used in logs and metric labels.
+    pub name: String,
+    /// The address to bind.
+    #[serde(deserialize_with = "socket_addr")]
+    pub address: SocketAddr,
+    /// Which way traffic flows through this listener.
+    #[serde(default)]
+    pub direction: Direction,
+    /// What the listener expects to receive.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// With `auto`: a client that sends nothing for this long is relayed as opaque TCP.
+    #[serde(default = "defaults::detect_timeout")]
+    pub detect_timeout: Duration,
+    /// The catch-all cluster: HTTP requests no route matched, and TCP (or undetected) traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// HTTP routes, tried in order; the first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+}
+
+/// Which way traffic flows through a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// From clients to the local app.
+    #[default]
+    Inbound,
+    /// From the local app to other services.
+    Outbound,
+}
+
+/// What a listener expects to receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 and HTTP/2 (prior knowledge) on the same port.
+    Http,
+    /// Opaque bytes relayed to the listener's cluster.
+    Tcp,
+    /// Detected per connection: HTTP/2, HTTP/1, or else opaque TCP.
+    #[default]
+    Auto,
+}
+
+/// An HTTP route: a match and where matching requests go.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Name used in metric labels; defaults to the route's index in its listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Conditions that must all hold; none means every request matches.
+    #[serde(default, rename = "match")]
+    pub matches: RouteMatch,
+    /// The cluster that serves matching requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Weighted clusters: traffic split in proportion to the weights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<WeightedCluster>,
+    /// Headers added to or removed from the request before it goes upstream.
+    #[serde(default, skip_serializing_if = "HeaderRewrite::is_empty")]
+    pub request_headers: HeaderRewrite,
+    /// Headers added to or removed from the response before it goes back.
+    #[serde(default, skip_serializing_if = "HeaderRewrite::is_empty")]
+    pub response_headers: HeaderRewrite,
+}
+
+/// A route's conditions.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// The request's host (port ignored): exact, `*.suffix` or `*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostPattern>,
+    /// The exact path (without the query).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A path prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Header conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// A header condition: present, or equal to a value.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    /// The header name (case-insensitive).
+    pub name: String,
+    /// The exact value; without it the header need only be present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+}
+
+/// One cluster of a traffic split.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedCluster {
+    /// The cluster's name.
+    pub cluster: String,
+    /// Its relative weight (percentages when the weights add up to 100).
+    pub weight: u32,
+}
+
+/// Headers to add and remove.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRewrite {
+    /// Set these headers, replacing any value already there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    /// Remove these headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// A named group of upstream endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Unique name, referenced by listeners and routes.
+    pub name: String,
+    /// `ip:port` or `host:port` (re-resolved every `dns_refresh`).
+    pub endpoints: Vec<Endpoint>,
+    /// How long a connection attempt may take.
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: Duration,
+    /// The HTTP version spoken to the endpoints.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// How often DNS endpoints are resolved again.
+    #[serde(default = "defaults::dns_refresh")]
+    pub dns_refresh: Duration,
+}
+
+/// The HTTP version a cluster speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge, requests multiplexed on one connection.
+    Http2,
+    /// The version the request arrived with.
+    Auto,
+}
+
+// === impl HeaderRewrite ===
+
+impl HeaderRewrite {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            address: defaults::admin_address(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            admin: Admin::default(),
+            drain_timeout: defaults::drain_timeout(),
+            listeners: Vec::new(),
+            clusters: Vec::new(),
+        }
+    }
+}
+
+/// The defaults, in one place so the README can be checked against them.
+pub mod defaults {
+    use super::*;
+
+    /// `admin.address`.
+    pub fn admin_address() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 15000))
+    }
+    /// `drain_timeout`.
+    pub fn drain_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    /// `listeners[].detect_timeout`.
+    pub fn detect_timeout() -> Duration {
+        Duration::from_millis(500)
+    }
+    /// `clusters[].connect_timeout`.
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    /// `clusters[].dns_refresh`.
+    pub fn dns_refresh() -> Duration {
+        Duration::from_secs(5)
+    }
+}

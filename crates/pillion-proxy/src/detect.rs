@@ -1,0 +1,209 @@
+//! Protocol detection: reads a connection's first bytes to tell HTTP/2, HTTP/1 and opaque TCP apart.
+//!
+//! Bytes are read (not peeked) into a buffer that is then replayed in front of the stream with
+//! [`PrefixedIo`](crate::io::PrefixedIo), so waiting for more bytes never spins.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// The HTTP/2 connection preface (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The longest HTTP/1 request line detection waits for before calling the stream opaque.
+const MAX_REQUEST_LINE: usize = 8 * 1024;
+
+/// What a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detected {
+    /// HTTP/1.x.
+    Http1,
+    /// HTTP/2 with prior knowledge.
+    Http2,
+    /// Anything else, relayed as bytes.
+    Opaque,
+    /// The client sent nothing before the timeout; relayed as bytes.
+    Timeout,
+}
+
+/// The verdict on a buffer so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The protocol is known.
+    Known(Detected),
+    /// More bytes are needed.
+    NeedMore,
+}
+
+/// Judges the first bytes of a connection.
+pub fn classify(buf: &[u8]) -> Verdict {
+    if buf.is_empty() {
+        return Verdict::NeedMore;
+    }
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        return if n == H2_PREFACE.len() {
+            Verdict::Known(Detected::Http2)
+        } else {
+            Verdict::NeedMore
+        };
+    }
+    classify_http1(buf)
+}
+
+/// An HTTP/1 request line: `METHOD SP request-target SP HTTP/1.x CRLF`.
+fn classify_http1(buf: &[u8]) -> Verdict {
+    let opaque = Verdict::Known(Detected::Opaque);
+    // The method is a token (RFC 9110, section 5.6.2): `M-SEARCH` and `get` are methods too.
+    let method_len = buf.iter().take_while(|&&b| is_tchar(b)).count();
+    if method_len == buf.len() {
+        return if method_len <= 16 {
+            Verdict::NeedMore
+        } else {
+            opaque
+        };
+    }
+    if method_len == 0 || buf[method_len] != b' ' {
+        return opaque;
+    }
+    let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
+        // A request target has no control characters; wait for the rest of the line.
+        let bad = buf[method_len + 1..]
+            .iter()
+            .any(|&b| b.is_ascii_control() && b != b'\r');
+        return if bad || buf.len() >= MAX_REQUEST_LINE {
+            opaque
+        } else {
+            Verdict::NeedMore
+        };
+    };
+    let line = &buf[..eol];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let ok = line.len() > method_len + 10
+        && (line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0"))
+        && !line[method_len + 1..line.len() - 9].contains(&b' ');
+    if ok {
+        Verdict::Known(Detected::Http1)
+    } else {
+        opaque
+    }
+}
+
+/// A token character: letters, digits and ``!#$%&'*+-.^_`|~``.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Reads from `io` until its protocol is known or `timeout` passes. Returns the verdict and the
+/// bytes read, which the caller must replay in front of the stream.
+pub async fn detect<I: AsyncRead + Unpin>(
+    io: &mut I,
+    timeout: std::time::Duration,
+) -> std::io::Result<(Detected, BytesMut)> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.len());
+        }
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Err(_elapsed) => {
+                let d = if buf.is_empty() {
+                    Detected::Timeout
+                } else {
+                    Detected::Opaque
+                };
+                return Ok((d, buf));
+            }
+            Ok(Err(e)) => return Err(e),
+            // The client closed before we could tell: relay whatever it sent.
+            Ok(Ok(0)) => return Ok((Detected::Opaque, buf)),
+            Ok(Ok(_)) => {
+                if let Verdict::Known(d) = classify(&buf) {
+                    return Ok((d, buf));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Detected::*;
+
+    fn known(b: &[u8]) -> Option<Detected> {
+        match classify(b) {
+            Verdict::Known(d) => Some(d),
+            Verdict::NeedMore => None,
+        }
+    }
+
+    #[test]
+    fn http2_preface() {
+        assert_eq!(known(H2_PREFACE), Some(Http2));
+        assert_eq!(known(&H2_PREFACE[..10]), None);
+        assert_eq!(known(b"PRI * HTTP/2.0\r\n\r\nXX"), Some(Opaque));
+    }
+
+    #[test]
+    fn http1_request_line() {
+        assert_eq!(known(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Some(Http1));
+        assert_eq!(known(b"POST /a?b=c HTTP/1.0\r\n"), Some(Http1));
+        assert_eq!(known(b"OPTIONS * HTTP/1.1\n"), Some(Http1));
+        assert_eq!(known(b"GET"), None);
+        assert_eq!(known(b"GET /partial"), None);
+        assert_eq!(known(b"M-SEARCH * HTTP/1.1\r\n"), Some(Http1));
+        assert_eq!(known(b"get / HTTP/1.1\r\n"), Some(Http1));
+        assert_eq!(known(b"GET / HTTP/2.0\r\n"), Some(Opaque));
+        assert_eq!(known(b"GET a b HTTP/1.1\r\n"), Some(Opaque));
+    }
+
+    #[test]
+    fn opaque_bytes() {
+        assert_eq!(known(b"\x16\x03\x01\x02\x00"), Some(Opaque)); // a TLS ClientHello
+        assert_eq!(known(b"hello\n"), Some(Opaque));
+        assert_eq!(known(b"SSH-2.0-OpenSSH\r\n"), Some(Opaque));
+        assert_eq!(known(b"HELO x\r\n"), Some(Opaque));
+        assert_eq!(known(&[b'A'; 40]), Some(Opaque));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_client_times_out() {
+        let (mut client, _server) = tokio::io::duplex(64);
+        let (d, buf) = detect(&mut client, std::time::Duration::from_millis(500))
+            .await
+            .unwrap();
+        assert_eq!(d, Timeout);
+        assert!(buf.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_request_line_is_waited_for() {
+        use tokio::io::AsyncWriteExt;
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            b.write_all(b"GET /x").await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            b.write_all(b" HTTP/1.1\r\n").await.unwrap();
+            b
+        });
+        let (d, buf) = detect(&mut a, std::time::Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(d, Http1);
+        assert_eq!(&buf[..], b"GET /x HTTP/1.1\r\n");
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn partial_bytes_then_silence_is_opaque() {
+        use tokio::io::AsyncWriteExt;
+        let (mut a, mut b) = tokio::io::duplex(64);
+        b.write_all(b"GET").await.unwrap();
+        let (d, buf) = detect(&mut a, std::time::Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert_eq!(d, Opaque);
+        assert_eq!(&buf[..], b"GET");
+    }
+}

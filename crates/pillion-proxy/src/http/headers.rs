@@ -1,0 +1,206 @@
+//! Header handling: hop-by-hop removal (RFC 9110, section 7.6.1), forwarding headers, rewrites.
+
+use http::{header, HeaderMap, HeaderName, HeaderValue};
+use std::net::IpAddr;
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Headers to set and remove, compiled from the config.
+#[derive(Debug, Clone, Default)]
+pub struct Rewrite {
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+/// Removes the hop-by-hop headers: those named in `Connection` and the fixed set that HTTP/2
+/// forbids. `TE: trailers` is kept, as gRPC needs it end to end.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        headers.remove(header::CONNECTION);
+        for name in listed {
+            if name != header::TE {
+                headers.remove(name);
+            }
+        }
+    }
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::UPGRADE);
+    if let Some(te) = headers.get(header::TE) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// Whether a request asks for an HTTP/1.1 upgrade; returns the `Upgrade` value to pass on.
+pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
+    let upgrade = headers.get(header::UPGRADE)?;
+    let asks = headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .map(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+            .unwrap_or(false)
+    });
+    asks.then(|| upgrade.clone())
+}
+
+/// Restores the upgrade headers after [`strip_hop_by_hop`].
+pub fn set_upgrade(headers: &mut HeaderMap, upgrade: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, upgrade);
+}
+
+/// Appends the client address to `x-forwarded-for`; sets `x-forwarded-proto` when absent.
+pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) {
+    // Earlier hops may arrive as several header lines; fold them all into one list.
+    let mut v = Vec::with_capacity(64);
+    for prev in headers.get_all(&X_FORWARDED_FOR) {
+        let prev = prev.as_bytes().trim_ascii();
+        if !prev.is_empty() {
+            v.extend_from_slice(prev);
+            v.extend_from_slice(b", ");
+        }
+    }
+    v.extend_from_slice(client.to_string().as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&v) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+}
+
+// === impl Rewrite ===
+
+impl Rewrite {
+    /// Compiles a config rewrite; fails on names or values validation would have rejected.
+    pub fn compile(cfg: &pillion_config::HeaderRewrite) -> Result<Self, String> {
+        let add = cfg
+            .add
+            .iter()
+            .map(|(n, v)| {
+                let name = HeaderName::from_bytes(n.as_bytes()).map_err(|e| format!("{n}: {e}"))?;
+                let value = HeaderValue::from_str(v).map_err(|e| format!("{n}: {e}"))?;
+                Ok((name, value))
+            })
+            .collect::<Result<_, String>>()?;
+        let remove = cfg
+            .remove
+            .iter()
+            .map(|n| HeaderName::from_bytes(n.as_bytes()).map_err(|e| format!("{n}: {e}")))
+            .collect::<Result<_, String>>()?;
+        Ok(Self { add, remove })
+    }
+
+    /// Whether it does nothing.
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Applies the removals, then the additions.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.add {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-hop"),
+            ("connection", "x-other"),
+            ("x-hop", "1"),
+            ("x-other", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "gzip"),
+            ("host", "example.com"),
+            ("x-end-to-end", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn te_trailers_is_kept() {
+        let mut h = map(&[("te", "trailers"), ("connection", "te")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn upgrade_detection() {
+        let h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(upgrade_request(&h).unwrap(), "websocket");
+        assert!(upgrade_request(&map(&[("upgrade", "websocket")])).is_none());
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
+        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
+        ]);
+        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http");
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.1");
+        let mut h = map(&[("x-forwarded-proto", "https")]);
+        set_forwarded(&mut h, "::1".parse().unwrap(), "http");
+        assert_eq!(h["x-forwarded-for"], "::1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn rewrite_removes_then_adds() {
+        let cfg: pillion_config::HeaderRewrite =
+            serde_yaml::from_str("add: {x-env: prod}\nremove: [x-internal, x-env]").unwrap();
+        let rw = Rewrite::compile(&cfg).unwrap();
+        let mut h = map(&[("x-internal", "1"), ("x-env", "dev")]);
+        rw.apply(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-env"], "prod");
+    }
+}

@@ -1,0 +1,378 @@
+//! The route table: compiled once from a listener's config, matched per request without lookups
+//! by name or allocation.
+
+use super::headers::Rewrite;
+use crate::cluster::Cluster;
+use http::{header, HeaderName, HeaderValue, Request};
+use pillion_config::{self as config, HostPattern};
+use pillion_telemetry::{HttpStats, Metrics, RouteLabels};
+use std::{collections::HashMap, sync::Arc};
+
+/// A listener's routes, in order, and its catch-all.
+#[derive(Debug)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    /// Stats for requests no route matched.
+    pub no_route: HttpStats,
+}
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    name: Arc<str>,
+    matcher: Matcher,
+    targets: Targets,
+    /// Applied to the request before it goes upstream.
+    pub request_headers: Rewrite,
+    /// Applied to the response before it goes back.
+    pub response_headers: Rewrite,
+}
+
+/// Where a route sends a request: a cluster and its stats handles.
+#[derive(Debug)]
+pub struct Target {
+    /// The cluster.
+    pub cluster: Arc<Cluster>,
+    /// The route's metric handles for this cluster.
+    pub stats: HttpStats,
+}
+
+#[derive(Debug)]
+enum Targets {
+    One(Target),
+    /// Cumulative weights and their targets; `total` is the last cumulative weight.
+    Split {
+        targets: Vec<(u32, Target)>,
+        total: u32,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Matcher {
+    host: Option<HostPattern>,
+    path: Option<PathMatch>,
+    headers: Vec<(HeaderName, Option<HeaderValue>)>,
+}
+
+#[derive(Debug)]
+enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+/// Naming the labels a route's metrics carry.
+pub struct LabelCtx<'a> {
+    /// The listener's direction label.
+    pub direction: &'static str,
+    /// The listener's name.
+    pub listener: &'a str,
+}
+
+// === impl RouteTable ===
+
+impl RouteTable {
+    /// Compiles a listener's routes (and its catch-all `cluster` as a last route).
+    pub fn compile(
+        listener: &config::Listener,
+        clusters: &HashMap<String, Arc<Cluster>>,
+        metrics: &Metrics,
+        direction: &'static str,
+    ) -> Result<Self, String> {
+        let labels = LabelCtx {
+            direction,
+            listener: &listener.name,
+        };
+        let mut routes = listener
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Route::compile(i, r, clusters, metrics, &labels))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(name) = &listener.cluster {
+            let catch_all = config::Route {
+                name: Some("default".into()),
+                matches: Default::default(),
+                cluster: Some(name.clone()),
+                split: Vec::new(),
+                request_headers: Default::default(),
+                response_headers: Default::default(),
+            };
+            routes.push(Route::compile(
+                routes.len(),
+                &catch_all,
+                clusters,
+                metrics,
+                &labels,
+            )?);
+        }
+        let no_route = metrics.http_stats(RouteLabels {
+            direction,
+            listener: listener.name.clone(),
+            route: String::new(),
+            cluster: String::new(),
+        });
+        Ok(Self { routes, no_route })
+    }
+
+    /// The first route matching `req`.
+    pub fn route<B>(&self, req: &Request<B>) -> Option<&Route> {
+        let host = request_host(req);
+        let path = req.uri().path();
+        self.routes
+            .iter()
+            .find(|r| r.matcher.matches(host, path, req.headers()))
+    }
+
+    /// The number of routes, the catch-all included.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether there are no routes.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// The request's host without its port: the URI authority (HTTP/2, absolute-form), else `Host`.
+fn request_host<B>(req: &Request<B>) -> &str {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(""),
+    };
+    strip_port(raw)
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // An IPv6 literal: `[::1]:80`.
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+// === impl Route ===
+
+impl Route {
+    fn compile(
+        index: usize,
+        cfg: &config::Route,
+        clusters: &HashMap<String, Arc<Cluster>>,
+        metrics: &Metrics,
+        labels: &LabelCtx<'_>,
+    ) -> Result<Self, String> {
+        let name: Arc<str> = cfg.name.clone().unwrap_or_else(|| index.to_string()).into();
+        let target = |cluster: &str| -> Result<Target, String> {
+            let cluster = clusters
+                .get(cluster)
+                .cloned()
+                .ok_or_else(|| format!("route `{name}`: no cluster named `{cluster}`"))?;
+            let stats = metrics.http_stats(RouteLabels {
+                direction: labels.direction,
+                listener: labels.listener.to_string(),
+                route: name.to_string(),
+                cluster: cluster.name().to_string(),
+            });
+            Ok(Target { cluster, stats })
+        };
+        let targets = match &cfg.cluster {
+            Some(c) => Targets::One(target(c)?),
+            None => {
+                let mut total = 0u32;
+                let mut targets = Vec::with_capacity(cfg.split.len());
+                for w in cfg.split.iter().filter(|w| w.weight > 0) {
+                    total = total.saturating_add(w.weight);
+                    targets.push((total, target(&w.cluster)?));
+                }
+                if total == 0 {
+                    return Err(format!("route `{name}`: no cluster with a weight above 0"));
+                }
+                Targets::Split { targets, total }
+            }
+        };
+        let m = &cfg.matches;
+        let path = match (&m.path, &m.prefix) {
+            (Some(p), _) => Some(PathMatch::Exact(p.clone())),
+            (None, Some(p)) => Some(PathMatch::Prefix(p.clone())),
+            (None, None) => None,
+        };
+        let headers = m
+            .headers
+            .iter()
+            .map(|h| {
+                let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| e.to_string())?;
+                let value = h
+                    .exact
+                    .as_deref()
+                    .map(HeaderValue::from_str)
+                    .transpose()
+                    .map_err(|e| e.to_string())?;
+                Ok((name, value))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Self {
+            matcher: Matcher {
+                host: m.host.clone().filter(|h| *h != HostPattern::Any),
+                path,
+                headers,
+            },
+            targets,
+            request_headers: Rewrite::compile(&cfg.request_headers)?,
+            response_headers: Rewrite::compile(&cfg.response_headers)?,
+            name,
+        })
+    }
+
+    /// The route's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Picks the target for one request (weighted at random for a split).
+    pub fn target(&self) -> &Target {
+        match &self.targets {
+            Targets::One(t) => t,
+            Targets::Split { targets, total } => {
+                let r = fastrand::u32(0..*total);
+                let i = targets.partition_point(|(cum, _)| *cum <= r);
+                // NOTE: r < total = last cumulative weight, so i is always in bounds.
+                &targets[i.min(targets.len() - 1)].1
+            }
+        }
+    }
+}
+
+// === impl Matcher ===
+
+impl Matcher {
+    fn matches(&self, host: &str, path: &str, headers: &http::HeaderMap) -> bool {
+        if let Some(h) = &self.host {
+            let ok = match h {
+                HostPattern::Any => true,
+                HostPattern::Exact(e) => host.eq_ignore_ascii_case(e),
+                HostPattern::Suffix(s) => {
+                    host.len() > s.len()
+                        && host.as_bytes()[host.len() - s.len()..]
+                            .eq_ignore_ascii_case(s.as_bytes())
+                }
+            };
+            if !ok {
+                return false;
+            }
+        }
+        match &self.path {
+            Some(PathMatch::Exact(p)) if path != p => return false,
+            Some(PathMatch::Prefix(p)) if !path.starts_with(p.as_str()) => return false,
+            _ => {}
+        }
+        self.headers.iter().all(|(name, want)| match want {
+            None => headers.contains_key(name),
+            Some(v) => headers.get_all(name).iter().any(|got| got == v),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pillion_config::Config;
+    use prometheus_client::registry::Registry;
+
+    fn table(routes: &str) -> RouteTable {
+        let text = format!(
+            "listeners:\n  - name: l\n    address: 127.0.0.1:1\n    protocol: http\n    routes:\n{routes}\nclusters:\n  - {{name: a, endpoints: [127.0.0.1:1]}}\n  - {{name: b, endpoints: [127.0.0.1:2]}}\n  - {{name: c, endpoints: [127.0.0.1:3]}}\n"
+        );
+        let cfg = Config::load(&text, "t").unwrap();
+        let clusters = cfg
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), Cluster::new(c)))
+            .collect();
+        let metrics = Metrics::register(&mut Registry::default());
+        RouteTable::compile(&cfg.listeners[0], &clusters, &metrics, "inbound").unwrap()
+    }
+
+    fn req(host: &str, path: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().uri(path).header("host", host);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn routed(t: &RouteTable, r: &Request<()>) -> Option<String> {
+        t.route(r).map(|r| r.name().to_string())
+    }
+
+    #[test]
+    fn matches_host_path_and_headers_in_order() {
+        let t = table(
+            "      - {name: exact-host, match: {host: api.local}, cluster: a}
+      - {name: wild, match: {host: '*.example.com', prefix: /v1}, cluster: a}
+      - {name: exact-path, match: {path: /health}, cluster: b}
+      - {name: hdr, match: {headers: [{name: x-canary, exact: '1'}]}, cluster: b}
+      - {name: present, match: {headers: [{name: x-debug}]}, cluster: c}",
+        );
+        assert_eq!(
+            routed(&t, &req("API.local:8080", "/x", &[])).as_deref(),
+            Some("exact-host")
+        );
+        assert_eq!(
+            routed(&t, &req("a.example.com", "/v1/users", &[])).as_deref(),
+            Some("wild")
+        );
+        assert_eq!(routed(&t, &req("a.example.com", "/v2", &[])), None);
+        assert_eq!(routed(&t, &req("example.com", "/v1", &[])), None);
+        assert_eq!(
+            routed(&t, &req("x", "/health", &[])).as_deref(),
+            Some("exact-path")
+        );
+        assert_eq!(routed(&t, &req("x", "/health/deep", &[])), None);
+        assert_eq!(
+            routed(&t, &req("x", "/", &[("x-canary", "1")])).as_deref(),
+            Some("hdr")
+        );
+        assert_eq!(routed(&t, &req("x", "/", &[("x-canary", "2")])), None);
+        assert_eq!(
+            routed(&t, &req("x", "/", &[("x-debug", "")])).as_deref(),
+            Some("present")
+        );
+    }
+
+    #[test]
+    fn authority_wins_over_host_header() {
+        let t = table("      - {match: {host: api.local}, cluster: a}");
+        let r = Request::builder()
+            .uri("http://api.local/x")
+            .header("host", "other")
+            .body(())
+            .unwrap();
+        assert_eq!(routed(&t, &r).as_deref(), Some("0"));
+        assert_eq!(strip_port("[::1]:80"), "::1");
+        assert_eq!(strip_port("host"), "host");
+    }
+
+    #[test]
+    fn split_follows_weights() {
+        let t = table(
+            "      - split: [{cluster: a, weight: 75}, {cluster: b, weight: 25}, {cluster: c, weight: 0}]",
+        );
+        let route = t.route(&req("x", "/", &[])).unwrap();
+        let mut counts = HashMap::new();
+        for _ in 0..10_000 {
+            *counts
+                .entry(route.target().cluster.name().to_string())
+                .or_insert(0) += 1;
+        }
+        let a = counts["a"];
+        assert!((7_000..8_000).contains(&a), "{counts:?}");
+        assert!(!counts.contains_key("c"), "{counts:?}");
+    }
+}

@@ -1,0 +1,14 @@
+//! Pillion's data path: listeners, protocol detection, the TCP relay, the HTTP proxy, routing and
+//! clusters.
+//!
+//! A [`Proxy`] is compiled from a validated config once; each accepted connection goes through
+//! one pipeline: accept, detect the protocol (on `auto` listeners), then serve HTTP or relay TCP.
+
+pub mod cluster;
+pub mod detect;
+pub mod http;
+pub mod io;
+mod server;
+pub mod tcp;
+
+pub use self::server::{BindError, BuildError, ListenerInfo, Proxy};

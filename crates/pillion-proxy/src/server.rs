@@ -1,0 +1,315 @@
+//! The proxy's runtime: compiled listeners, the accept pipeline, and draining on shutdown.
+
+use crate::{
+    cluster::Cluster,
+    detect::{detect, Detected},
+    http::{ConnCtx, RouteTable},
+    io::PrefixedIo,
+    tcp,
+};
+use arc_swap::ArcSwap;
+use bytes::BytesMut;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use pillion_config::{self as config, Config, Protocol};
+use pillion_telemetry::{Metrics, TcpLabels, TcpStats};
+use prometheus_client::metrics::counter::Counter;
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, info, warn};
+
+/// The compiled data path: listeners with their route tables, and clusters.
+pub struct Proxy {
+    listeners: Vec<Arc<Listener>>,
+    clusters: Vec<Arc<Cluster>>,
+}
+
+/// A compiled listener.
+struct Listener {
+    name: String,
+    address: SocketAddr,
+    protocol: Protocol,
+    detect_timeout: Duration,
+    /// NOTE: swapped whole on reload; each connection keeps the table it started with.
+    table: ArcSwap<RouteTable>,
+    /// Where opaque traffic goes.
+    tcp: Option<(Arc<Cluster>, TcpStats)>,
+    /// Detection results, indexed like [`Detected`].
+    detected: [Counter; 4],
+    http: auto::Builder<TokioExecutor>,
+}
+
+/// What the admin endpoint shows of a listener.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    pub name: String,
+    pub address: SocketAddr,
+    pub protocol: Protocol,
+    pub routes: usize,
+}
+
+/// The config could not be compiled (validation should have caught it).
+#[derive(Debug, thiserror::Error)]
+#[error("listener `{listener}`: {message}")]
+pub struct BuildError {
+    listener: String,
+    message: String,
+}
+
+/// A listener's address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address} (listener `{listener}`): {source}")]
+pub struct BindError {
+    listener: String,
+    address: SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    /// Compiles a validated config, resolving every metric handle the data path will use.
+    pub fn build(cfg: &Config, metrics: &Metrics) -> Result<Self, BuildError> {
+        let clusters: HashMap<String, Arc<Cluster>> = cfg
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), Cluster::new(c)))
+            .collect();
+        let listeners = cfg
+            .listeners
+            .iter()
+            .map(|l| Listener::build(l, &clusters, metrics).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            listeners,
+            clusters: clusters.into_values().collect(),
+        })
+    }
+
+    /// Resolves DNS endpoints once and starts their periodic refresh.
+    pub async fn resolve(&self) {
+        let dns = self.clusters.iter().filter(|c| c.has_dns());
+        futures_util::future::join_all(dns.clone().map(|c| c.resolve())).await;
+        for c in dns {
+            c.spawn_refresh();
+        }
+    }
+
+    /// Binds every listener, in config order; fails on the first address that cannot be bound.
+    pub async fn bind(&self) -> Result<Vec<TcpListener>, BindError> {
+        let mut bound = Vec::with_capacity(self.listeners.len());
+        for l in &self.listeners {
+            let sock = TcpListener::bind(l.address)
+                .await
+                .map_err(|source| BindError {
+                    listener: l.name.clone(),
+                    address: l.address,
+                    source,
+                })?;
+            bound.push(sock);
+        }
+        Ok(bound)
+    }
+
+    /// The listeners, for the admin endpoint.
+    pub fn listeners(&self) -> Vec<ListenerInfo> {
+        self.listeners
+            .iter()
+            .map(|l| ListenerInfo {
+                name: l.name.clone(),
+                address: l.address,
+                protocol: l.protocol,
+                routes: l.table.load().len(),
+            })
+            .collect()
+    }
+
+    /// Serves until `shutdown` fires, then stops accepting and lets in-flight requests and
+    /// connections finish for up to `drain`. HTTP/2 clients get a GOAWAY; idle HTTP/1
+    /// connections are closed. Returns whether everything finished within `drain`.
+    pub async fn serve(
+        self,
+        bound: Vec<TcpListener>,
+        shutdown: CancellationToken,
+        drain: Duration,
+    ) -> bool {
+        let tasks = TaskTracker::new();
+        let graceful = Arc::new(GracefulShutdown::new());
+        let mut accepting = Vec::with_capacity(bound.len());
+        for (l, sock) in self.listeners.iter().zip(bound) {
+            accepting.push(tokio::spawn(accept_loop(
+                l.clone(),
+                sock,
+                shutdown.clone(),
+                tasks.clone(),
+                graceful.clone(),
+            )));
+        }
+        shutdown.cancelled().await;
+        for a in accepting {
+            // NOTE: an accept loop only ends by seeing the cancellation; a join error means it
+            // panicked, which is logged by the runtime.
+            let _ = a.await;
+        }
+        info!(active = tasks.len(), timeout = ?drain, "draining");
+        tasks.close();
+        let drained = tokio::time::timeout(drain, async {
+            // NOTE: the accept loops have ended, so this is the last reference.
+            if let Ok(graceful) = Arc::try_unwrap(graceful) {
+                graceful.shutdown().await;
+            }
+            tasks.wait().await;
+        })
+        .await;
+        match drained {
+            Ok(()) => {
+                info!("drained");
+                true
+            }
+            Err(_) => {
+                warn!(
+                    left = tasks.len(),
+                    "drain timeout: closing the remaining connections"
+                );
+                false
+            }
+        }
+    }
+}
+
+async fn accept_loop(
+    l: Arc<Listener>,
+    sock: TcpListener,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    graceful: Arc<GracefulShutdown>,
+) {
+    info!(listener = %l.name, address = %l.address, protocol = ?l.protocol, "listening");
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = sock.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                if let Err(err) = stream.set_nodelay(true) {
+                    debug!(%err, "TCP_NODELAY");
+                }
+                let t = tasks.clone();
+                tasks.spawn(serve_connection(
+                    l.clone(),
+                    stream,
+                    peer,
+                    graceful.watcher(),
+                    t,
+                ));
+            }
+            Err(err) => {
+                // Out of file descriptors or similar: back off instead of spinning.
+                warn!(listener = %l.name, %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One connection's pipeline: detect (on `auto`), then HTTP or the TCP relay.
+async fn serve_connection(
+    l: Arc<Listener>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    graceful: hyper_util::server::graceful::Watcher,
+    tasks: TaskTracker,
+) {
+    let (detected, prefix) = match l.protocol {
+        Protocol::Http => (Detected::Http1, BytesMut::new()),
+        Protocol::Tcp => (Detected::Opaque, BytesMut::new()),
+        Protocol::Auto => match detect(&mut stream, l.detect_timeout).await {
+            Ok((d, prefix)) => {
+                l.detected[d as usize].inc();
+                (d, prefix)
+            }
+            Err(err) => {
+                debug!(listener = %l.name, %peer, %err, "connection failed during detection");
+                return;
+            }
+        },
+    };
+    let io = PrefixedIo::new(prefix, stream);
+    match detected {
+        Detected::Http1 | Detected::Http2 => {
+            let ctx = Arc::new(ConnCtx {
+                table: l.table.load_full(),
+                client: peer,
+                tasks,
+            });
+            let svc = hyper::service::service_fn(move |req| crate::http::handle(ctx.clone(), req));
+            let conn = l.http.serve_connection_with_upgrades(TokioIo::new(io), svc);
+            if let Err(err) = graceful.watch(conn.into_owned()).await {
+                debug!(listener = %l.name, %peer, %err, "HTTP connection ended with an error");
+            }
+        }
+        Detected::Opaque | Detected::Timeout => match &l.tcp {
+            Some((cluster, stats)) => tcp::relay(io, cluster, stats).await,
+            None => {
+                debug!(listener = %l.name, %peer, "not HTTP and no cluster to relay to; closing")
+            }
+        },
+    }
+}
+
+// === impl Listener ===
+
+impl Listener {
+    fn build(
+        cfg: &config::Listener,
+        clusters: &HashMap<String, Arc<Cluster>>,
+        metrics: &Metrics,
+    ) -> Result<Self, BuildError> {
+        let err = |message: String| BuildError {
+            listener: cfg.name.clone(),
+            message,
+        };
+        let direction = match cfg.direction {
+            config::Direction::Inbound => "inbound",
+            config::Direction::Outbound => "outbound",
+        };
+        let table = RouteTable::compile(cfg, clusters, metrics, direction).map_err(err)?;
+        let tcp = match (&cfg.cluster, cfg.protocol) {
+            (Some(name), Protocol::Tcp | Protocol::Auto) => {
+                let cluster = clusters
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| err(format!("no cluster named `{name}`")))?;
+                let stats = metrics.tcp_stats(&TcpLabels {
+                    listener: cfg.name.clone(),
+                    cluster: name.clone(),
+                });
+                Some((cluster, stats))
+            }
+            _ => None,
+        };
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+        http.http2()
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20);
+        Ok(Self {
+            name: cfg.name.clone(),
+            address: cfg.address,
+            protocol: cfg.protocol,
+            detect_timeout: cfg.detect_timeout.0,
+            table: ArcSwap::from_pointee(table),
+            tcp,
+            detected: metrics.detect_stats(&cfg.name),
+            http,
+        })
+    }
+}

@@ -1,0 +1,44 @@
+//! The TCP relay: bytes both ways between a downstream connection and a cluster endpoint.
+
+use crate::{cluster::Cluster, io::CountedIo};
+use pillion_telemetry::TcpStats;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, warn};
+
+/// Relay buffer size per direction: large enough for bulk transfers in few syscalls.
+const BUF_SIZE: usize = 64 * 1024;
+
+/// Relays `downstream` to an endpoint of `cluster` until both directions are done. A FIN from
+/// one side is passed on as a write shutdown while the other direction keeps flowing.
+pub async fn relay<I>(downstream: I, cluster: &Cluster, stats: &TcpStats)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    // NOTE: counted as bytes pass, so a relay cut short still reports what it moved.
+    let mut downstream = CountedIo::new(downstream, stats.rx_bytes.clone(), stats.tx_bytes.clone());
+    stats.opened.inc();
+    stats.active.inc();
+    match cluster.pick() {
+        None => warn!(cluster = cluster.name(), "no endpoint to relay to; closing"),
+        Some(ep) => match cluster.connect(&ep).await {
+            Err(err) => {
+                warn!(cluster = cluster.name(), endpoint = %ep.addr, %err, "connect failed; closing")
+            }
+            Ok(mut upstream) => {
+                match tokio::io::copy_bidirectional_with_sizes(
+                    &mut downstream,
+                    &mut upstream,
+                    BUF_SIZE,
+                    BUF_SIZE,
+                )
+                .await
+                {
+                    Ok((rx, tx)) => debug!(cluster = cluster.name(), rx, tx, "relay done"),
+                    Err(err) => debug!(cluster = cluster.name(), %err, "relay ended with an error"),
+                }
+            }
+        },
+    }
+    stats.active.dec();
+    stats.closed.inc();
+}
