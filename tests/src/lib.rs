@@ -19,7 +19,7 @@ pub use client::{Body, H1Client, H2Client, Reply};
 pub use echo::{Echo, EchoSeen};
 pub use metrics::Metrics;
 pub use net::{free_addr, wait_for_port};
-pub use proxy::Proxy;
+pub use proxy::{pillion, Proxy};
 
 /// A generous upper bound on any single step, so a broken proxy fails a test instead of hanging it.
 pub const STEP: Duration = Duration::from_secs(30);

@@ -9,11 +9,13 @@ mod error;
 mod load;
 mod locate;
 mod model;
+mod tls;
 mod validate;
 mod value;
 
 pub use self::error::{ConfigError, ConfigErrors};
 pub use self::model::*;
+pub use self::tls::*;
 pub use self::value::{Duration, Endpoint, HostPattern};
 
 /// The default configuration, shipped in `config/pillion.yaml` and compiled into the binary.

@@ -1,5 +1,6 @@
 //! The configuration model: plain structs read from YAML, with their defaults.
 
+use crate::tls::{AuthzRule, ClusterTls, ListenerTls};
 use crate::value::{socket_addr, Duration, Endpoint, HostPattern};
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, net::SocketAddr};
@@ -55,6 +56,12 @@ pub struct Listener {
     /// HTTP routes, tried in order; the first match wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
+    /// TLS termination (mutual TLS with `ca`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// Authorization policy for every connection and request on this listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authz: Option<Vec<AuthzRule>>,
 }
 
 /// Which way traffic flows through a listener.
@@ -103,6 +110,9 @@ pub struct Route {
     /// Headers added to or removed from the response before it goes back.
     #[serde(default, skip_serializing_if = "HeaderRewrite::is_empty")]
     pub response_headers: HeaderRewrite,
+    /// Authorization policy for this route (on top of the listener's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authz: Option<Vec<AuthzRule>>,
 }
 
 /// A route's conditions.
@@ -173,6 +183,9 @@ pub struct Cluster {
     /// How often DNS endpoints are resolved again.
     #[serde(default = "defaults::dns_refresh")]
     pub dns_refresh: Duration,
+    /// TLS origination towards the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
 }
 
 /// The HTTP version a cluster speaks.

@@ -1,4 +1,4 @@
-//! The `pillion` command: run the sidecar, check a config, or start the bundled echo app.
+//! The `pillion` command: run the sidecar, check a config, start the bundled echo app, or load-test.
 
 mod echo;
 mod run;
@@ -27,6 +27,8 @@ enum Command {
     Echo(echo::EchoArgs),
     /// Run the echo app on 127.0.0.1:8080 and the sidecar with the default config in front of it.
     Demo(run::LogArgs),
+    /// Load-test an HTTP server: closed loop (as fast as responses come) or open loop (--rate).
+    Bench(pillion_load::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,5 +38,6 @@ fn main() -> ExitCode {
         Command::Check { file } => run::check(&file),
         Command::Echo(args) => echo::main(args),
         Command::Demo(log) => run::demo(log),
+        Command::Bench(args) => pillion_load::main(args),
     }
 }

@@ -96,6 +96,7 @@ impl RouteTable {
                 split: Vec::new(),
                 request_headers: Default::default(),
                 response_headers: Default::default(),
+                authz: None,
             };
             routes.push(Route::compile(
                 routes.len(),

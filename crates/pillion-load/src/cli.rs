@@ -1,0 +1,300 @@
+//! `pillion bench`: its arguments, its runtime, and how it prints the report.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method};
+
+use crate::config::{parse_duration, parse_header, parse_rate, LoadConfig, Protocol, Stop, Target};
+
+/// Arguments of `pillion bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Target URL: http://host:port/path
+    #[arg(value_name = "URL")]
+    pub url: String,
+
+    /// Number of TCP connections, each its own HTTP client connection
+    #[arg(short = 'c', long, default_value_t = 10, value_name = "N")]
+    pub connections: usize,
+
+    /// Speak HTTP/2 with prior knowledge (h2c)
+    #[arg(long)]
+    pub h2: bool,
+
+    /// Concurrent streams per HTTP/2 connection
+    #[arg(long, default_value_t = 10, value_name = "M")]
+    pub streams: usize,
+
+    /// Request method
+    #[arg(short = 'm', long, default_value = "GET")]
+    pub method: String,
+
+    /// Request header, 'name: value' (repeatable)
+    #[arg(short = 'H', long = "header", value_name = "HEADER", value_parser = parse_header)]
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+
+    /// Send a request body of this many bytes
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    pub body_size: usize,
+
+    /// How long to measure, e.g. 10s, 1m [default: 10s]
+    #[arg(short = 'd', long, value_parser = parse_duration, conflicts_with = "requests")]
+    pub duration: Option<Duration>,
+
+    /// Stop after this many requests instead of after a duration
+    #[arg(short = 'n', long, value_name = "N")]
+    pub requests: Option<u64>,
+
+    /// Send requests this long before measuring, e.g. 1s; they are not counted
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub warmup: Duration,
+
+    /// Total requests per second (open loop, latency measured from when each was due);
+    /// without it, each connection sends as soon as its previous response arrives
+    #[arg(long, value_name = "R", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+
+    /// Per-request timeout, from sending to the end of the response body
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+
+    /// Do not print the progress line on stderr
+    #[arg(long)]
+    pub no_progress: bool,
+
+    /// Worker threads of the load generator's runtime
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub threads: usize,
+}
+
+// === impl BenchArgs ===
+
+impl BenchArgs {
+    /// The library config these arguments describe.
+    pub fn to_config(&self) -> anyhow::Result<LoadConfig> {
+        let target = Target::parse(&self.url)?;
+        let method = Method::from_bytes(self.method.as_bytes())
+            .with_context(|| format!("invalid method {:?}", self.method))?;
+        let mut headers = HeaderMap::with_capacity(self.headers.len());
+        for (name, value) in &self.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        let stop = match (self.duration, self.requests) {
+            (_, Some(n)) => Stop::Requests(n),
+            (Some(d), None) => Stop::Duration(d),
+            (None, None) => Stop::Duration(Duration::from_secs(10)),
+        };
+        let config = LoadConfig {
+            protocol: if self.h2 {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            },
+            connections: self.connections,
+            streams: self.streams,
+            method,
+            headers,
+            body: Bytes::from(vec![b'x'; self.body_size]),
+            stop,
+            warmup: self.warmup,
+            rate: self.rate,
+            timeout: self.timeout,
+            progress: !self.no_progress && std::io::stderr().is_terminal(),
+            ..LoadConfig::new(target)
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// One line that says what is about to run.
+    fn banner(&self, config: &LoadConfig) -> String {
+        let what = match config.stop {
+            Stop::Duration(d) => format!("{}s", d.as_secs_f64()),
+            Stop::Requests(n) => format!("{n} requests"),
+        };
+        let protocol = match config.protocol {
+            Protocol::Http1 => "HTTP/1.1".to_owned(),
+            Protocol::Http2 => format!("h2c, {} streams each", config.streams),
+        };
+        let pace = match config.rate {
+            Some(rate) => format!("open loop at {rate} req/s"),
+            None => "closed loop".to_owned(),
+        };
+        format!(
+            "Running {what} @ {}: {} connections ({protocol}), {pace}",
+            config.target, config.connections
+        )
+    }
+}
+
+/// Runs `pillion bench`: exit code 0 with a report, 2 if the load could not start.
+pub fn main(args: BenchArgs) -> ExitCode {
+    match bench(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line: the error and its causes.
+            let _ = writeln!(std::io::stderr(), "error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    if args.threads == 0 {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    let runtime = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
+    }
+    .context("cannot start the runtime")?;
+
+    // A closed stdout (`| head`) is not worth a panic: writes to it are allowed to fail.
+    if !args.json {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", args.banner(&config));
+        let _ = out.flush();
+    }
+    let report = runtime.block_on(crate::run(config))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let json = serde_json::to_string_pretty(&report).context("cannot write the report")?;
+        let _ = writeln!(out, "{json}");
+    } else {
+        let _ = writeln!(out, "{report}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<BenchArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied())).map(|c| c.bench)
+    }
+
+    #[test]
+    fn defaults() {
+        let args = parse(&["http://127.0.0.1:8080/"]).unwrap();
+        let config = args.to_config().unwrap();
+        assert_eq!(config.connections, 10);
+        assert_eq!(config.protocol, Protocol::Http1);
+        assert_eq!(config.method, Method::GET);
+        assert_eq!(config.stop, Stop::Duration(Duration::from_secs(10)));
+        assert_eq!(config.warmup, Duration::ZERO);
+        assert_eq!(config.timeout, Duration::from_secs(5));
+        assert_eq!(config.rate, None);
+        assert!(config.body.is_empty());
+        assert_eq!(args.threads, 1);
+        assert!(!args.json);
+    }
+
+    #[test]
+    fn everything() {
+        let args = parse(&[
+            "-c",
+            "4",
+            "--h2",
+            "--streams",
+            "8",
+            "-m",
+            "POST",
+            "-H",
+            "x-a: 1",
+            "-H",
+            "x-a: 2",
+            "--header",
+            "x-b:3",
+            "--body-size",
+            "64",
+            "-n",
+            "1000",
+            "--warmup",
+            "1s",
+            "--rate",
+            "500",
+            "--timeout",
+            "250ms",
+            "--json",
+            "--no-progress",
+            "--threads",
+            "2",
+            "http://localhost:9000/p",
+        ])
+        .unwrap();
+        let config = args.to_config().unwrap();
+        assert_eq!(config.connections, 4);
+        assert_eq!(config.protocol, Protocol::Http2);
+        assert_eq!(config.streams, 8);
+        assert_eq!(config.method, Method::POST);
+        let a: Vec<_> = config.headers.get_all("x-a").iter().collect();
+        assert_eq!(a, ["1", "2"]);
+        assert_eq!(config.headers["x-b"], "3");
+        assert_eq!(config.body.len(), 64);
+        assert_eq!(config.stop, Stop::Requests(1000));
+        assert_eq!(config.warmup, Duration::from_secs(1));
+        assert_eq!(config.rate, Some(500.0));
+        assert_eq!(config.timeout, Duration::from_millis(250));
+        assert!(!config.progress);
+        assert!(args.json);
+        assert_eq!(args.threads, 2);
+        assert!(args.banner(&config).contains("open loop at 500 req/s"));
+    }
+
+    #[test]
+    fn duration_and_requests_conflict() {
+        assert!(parse(&["-d", "1s", "-n", "5", "http://h/"]).is_err());
+        let args = parse(&["-d", "1m", "http://h/"]).unwrap();
+        assert_eq!(
+            args.to_config().unwrap().stop,
+            Stop::Duration(Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn bad_input_is_rejected() {
+        assert!(parse(&["-H", "nocolon", "http://h/"]).is_err());
+        assert!(parse(&["-d", "soon", "http://h/"]).is_err());
+        assert!(parse(&["--rate", "0", "http://h/"]).is_err());
+        assert!(parse(&[]).is_err());
+        let bad_config = |args: &[&str]| parse(args).unwrap().to_config().unwrap_err();
+        assert!(format!("{:#}", bad_config(&["https://h/"])).contains("https"));
+        assert!(format!("{:#}", bad_config(&["-m", "GE T", "http://h/"])).contains("method"));
+        assert!(format!("{:#}", bad_config(&["-c", "0", "http://h/"])).contains("connections"));
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        let error = bench(&parse(&["not a url"]).unwrap()).unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            "invalid URL \"not a url\": invalid uri character"
+        );
+        let error = bench(&parse(&["--threads", "0", "http://127.0.0.1:1/"]).unwrap()).unwrap_err();
+        assert_eq!(format!("{error:#}"), "--threads must be at least 1");
+    }
+}

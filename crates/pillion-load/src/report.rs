@@ -1,0 +1,472 @@
+//! What a run measured: per-connection counters, merged into a serializable report.
+
+use std::fmt;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// The result of a run. Its JSON field names are stable: scripts read them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Responses received (any status) to measured requests.
+    pub requests: u64,
+    /// The measured window: the `--duration`, or until the last of the `--requests` completed.
+    pub duration_secs: f64,
+    /// `requests / duration_secs`.
+    pub rps: f64,
+    /// Response body bytes received.
+    pub bytes: u64,
+    /// Latency of the responses, in microseconds.
+    pub latency_us: Latency,
+    /// Requests that got no response.
+    pub errors: Errors,
+    /// Responses by status class.
+    pub status: StatusClasses,
+    pub connections: usize,
+    pub mode: Mode,
+    /// The `--rate` of an open loop.
+    pub rate: Option<f64>,
+}
+
+/// Latency percentiles in microseconds, from an HdrHistogram with 3 significant digits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+/// Requests that failed, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Errors {
+    /// The TCP connect or the HTTP handshake failed (or took longer than the timeout).
+    pub connect: u64,
+    /// No complete response within the timeout.
+    pub timeout: u64,
+    /// I/O or protocol errors, including a connection closed mid-request.
+    pub other: u64,
+}
+
+/// Responses by status class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusClasses {
+    #[serde(rename = "2xx")]
+    pub s2xx: u64,
+    #[serde(rename = "3xx")]
+    pub s3xx: u64,
+    #[serde(rename = "4xx")]
+    pub s4xx: u64,
+    #[serde(rename = "5xx")]
+    pub s5xx: u64,
+}
+
+/// How requests were paced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Each connection sends its next request when the previous response has arrived.
+    Closed,
+    /// Requests are sent at a fixed rate; latency counts from when each was due.
+    Open,
+}
+
+/// Why a request got no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorKind {
+    Connect,
+    Timeout,
+    Other,
+}
+
+/// What one connection task measured; merged into a [`Report`] at the end.
+///
+/// NOTE: each task owns one, so recording takes no lock.
+#[derive(Debug, Clone)]
+pub(crate) struct Stats {
+    latency: Histogram<u64>,
+    responses: u64,
+    bytes: u64,
+    errors: Errors,
+    status: StatusClasses,
+}
+
+// === impl Stats ===
+
+impl Stats {
+    pub(crate) fn new() -> Self {
+        // NOTE: 3 significant digits is in hdrhistogram's range (0..=5), and `new` starts with
+        // bounds 1..2 that always satisfy its checks, so this cannot fail. The histogram
+        // resizes itself as larger values are recorded.
+        let latency = Histogram::new(3).expect("3 significant digits are valid");
+        Self {
+            latency,
+            responses: 0,
+            bytes: 0,
+            errors: Errors::default(),
+            status: StatusClasses::default(),
+        }
+    }
+
+    pub(crate) fn record_response(&mut self, status: u16, bytes: u64, latency: Duration) {
+        self.responses += 1;
+        self.bytes += bytes;
+        match status {
+            200..=299 => self.status.s2xx += 1,
+            300..=399 => self.status.s3xx += 1,
+            400..=499 => self.status.s4xx += 1,
+            500..=599 => self.status.s5xx += 1,
+            _ => {}
+        }
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        if self.latency.record(us).is_err() {
+            // Only a value too large to resize for; keep it, at the top of the range.
+            self.latency.saturating_record(us);
+        }
+    }
+
+    pub(crate) fn record_error(&mut self, kind: ErrorKind) {
+        match kind {
+            ErrorKind::Connect => self.errors.connect += 1,
+            ErrorKind::Timeout => self.errors.timeout += 1,
+            ErrorKind::Other => self.errors.other += 1,
+        }
+    }
+
+    pub(crate) fn merge(&mut self, other: &Stats) -> anyhow::Result<()> {
+        self.latency
+            .add(&other.latency)
+            .map_err(|e| anyhow::anyhow!("cannot merge latency histograms: {e:?}"))?;
+        self.responses += other.responses;
+        self.bytes += other.bytes;
+        self.errors.connect += other.errors.connect;
+        self.errors.timeout += other.errors.timeout;
+        self.errors.other += other.errors.other;
+        self.status.s2xx += other.status.s2xx;
+        self.status.s3xx += other.status.s3xx;
+        self.status.s4xx += other.status.s4xx;
+        self.status.s5xx += other.status.s5xx;
+        Ok(())
+    }
+
+    pub(crate) fn report(
+        &self,
+        duration: Duration,
+        connections: usize,
+        rate: Option<f64>,
+    ) -> Report {
+        let secs = duration.as_secs_f64();
+        let h = &self.latency;
+        let latency = if h.is_empty() {
+            Latency::default()
+        } else {
+            Latency {
+                p50: h.value_at_quantile(0.50),
+                p90: h.value_at_quantile(0.90),
+                p99: h.value_at_quantile(0.99),
+                p999: h.value_at_quantile(0.999),
+                max: h.max(),
+                mean: h.mean(),
+            }
+        };
+        Report {
+            requests: self.responses,
+            duration_secs: secs,
+            rps: if secs > 0.0 {
+                self.responses as f64 / secs
+            } else {
+                0.0
+            },
+            bytes: self.bytes,
+            latency_us: latency,
+            errors: self.errors,
+            status: self.status,
+            connections,
+            mode: if rate.is_some() {
+                Mode::Open
+            } else {
+                Mode::Closed
+            },
+            rate,
+        }
+    }
+}
+
+// === impl Report ===
+
+impl Report {
+    /// Requests that got no response, of any kind.
+    pub fn error_count(&self) -> u64 {
+        self.errors.connect + self.errors.timeout + self.errors.other
+    }
+}
+
+/// The table for people.
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = &self.latency_us;
+        match self.rate {
+            Some(rate) => writeln!(
+                f,
+                "Mode:       open loop at {rate} req/s, {} connections",
+                self.connections
+            )?,
+            None => writeln!(
+                f,
+                "Mode:       closed loop, {} connections",
+                self.connections
+            )?,
+        }
+        writeln!(
+            f,
+            "Requests:   {} in {:.2}s, {:.2} req/s, {} received",
+            self.requests,
+            self.duration_secs,
+            self.rps,
+            Bytes(self.bytes)
+        )?;
+        writeln!(
+            f,
+            "Latency:    {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "p50", "p90", "p99", "p99.9", "max", "mean"
+        )?;
+        writeln!(
+            f,
+            "            {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            Micros(l.p50 as f64),
+            Micros(l.p90 as f64),
+            Micros(l.p99 as f64),
+            Micros(l.p999 as f64),
+            Micros(l.max as f64),
+            Micros(l.mean),
+        )?;
+        let s = &self.status;
+        writeln!(
+            f,
+            "Status:     2xx {}  3xx {}  4xx {}  5xx {}",
+            s.s2xx, s.s3xx, s.s4xx, s.s5xx
+        )?;
+        let e = &self.errors;
+        write!(
+            f,
+            "Errors:     connect {}  timeout {}  other {}",
+            e.connect, e.timeout, e.other
+        )
+    }
+}
+
+/// A latency in microseconds, shown in the unit that suits it.
+struct Micros(f64);
+
+impl fmt::Display for Micros {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let us = self.0;
+        let s = if us < 1_000.0 {
+            format!("{us:.0}us")
+        } else if us < 1_000_000.0 {
+            format!("{:.2}ms", us / 1e3)
+        } else {
+            format!("{:.2}s", us / 1e6)
+        };
+        f.pad(&s)
+    }
+}
+
+/// A byte count in binary units.
+struct Bytes(u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut value = self.0 as f64;
+        let mut unit = 0;
+        while value >= 1024.0 && unit + 1 < UNITS.len() {
+            value /= 1024.0;
+            unit += 1;
+        }
+        if unit == 0 {
+            write!(f, "{} B", self.0)
+        } else {
+            write!(f, "{value:.2} {}", UNITS[unit])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    #[test]
+    fn percentiles_of_a_uniform_spread() {
+        let mut stats = Stats::new();
+        for i in 1..=10_000 {
+            stats.record_response(200, 10, us(i));
+        }
+        let r = stats.report(Duration::from_secs(2), 4, None);
+        assert_eq!(r.requests, 10_000);
+        assert_eq!(r.rps, 5_000.0);
+        assert_eq!(r.bytes, 100_000);
+        // 3 significant digits: each value is within 0.1% of the exact percentile.
+        let close = |got: u64, want: u64| got.abs_diff(want) * 1000 <= want;
+        let l = r.latency_us;
+        assert!(close(l.p50, 5_000), "{l:?}");
+        assert!(close(l.p90, 9_000), "{l:?}");
+        assert!(close(l.p99, 9_900), "{l:?}");
+        assert!(close(l.p999, 9_990), "{l:?}");
+        assert!(close(l.max, 10_000), "{l:?}");
+        assert!((l.mean - 5_000.5).abs() < 5.0, "{l:?}");
+    }
+
+    #[test]
+    fn the_tail_shows_a_few_slow_requests() {
+        let mut stats = Stats::new();
+        for _ in 0..990 {
+            stats.record_response(200, 0, us(100));
+        }
+        for _ in 0..10 {
+            stats.record_response(200, 0, Duration::from_secs(1));
+        }
+        let l = stats.report(Duration::from_secs(1), 1, None).latency_us;
+        assert_eq!(l.p50, 100);
+        assert_eq!(l.p90, 100);
+        assert_eq!(l.p99, 100);
+        assert!(l.p999.abs_diff(1_000_000) <= 1_000, "{l:?}");
+        assert!(l.max.abs_diff(1_000_000) <= 1_000, "{l:?}");
+    }
+
+    #[test]
+    fn status_classes_and_errors() {
+        let mut stats = Stats::new();
+        for status in [200, 204, 301, 404, 429, 500, 503, 101] {
+            stats.record_response(status, 0, us(1));
+        }
+        stats.record_error(ErrorKind::Connect);
+        stats.record_error(ErrorKind::Timeout);
+        stats.record_error(ErrorKind::Timeout);
+        stats.record_error(ErrorKind::Other);
+        let r = stats.report(Duration::from_secs(1), 1, Some(10.0));
+        assert_eq!(r.requests, 8);
+        assert_eq!(
+            r.status,
+            StatusClasses {
+                s2xx: 2,
+                s3xx: 1,
+                s4xx: 2,
+                s5xx: 2
+            }
+        );
+        assert_eq!(
+            r.errors,
+            Errors {
+                connect: 1,
+                timeout: 2,
+                other: 1
+            }
+        );
+        assert_eq!(r.error_count(), 4);
+        assert_eq!(r.mode, Mode::Open);
+    }
+
+    #[test]
+    fn merging_adds_everything() {
+        let mut a = Stats::new();
+        let mut b = Stats::new();
+        for i in 1..=100 {
+            a.record_response(200, 1, us(i));
+        }
+        // Larger values than `a` has seen: `a` must grow to take them.
+        for _ in 0..100 {
+            b.record_response(500, 2, Duration::from_secs(30));
+        }
+        b.record_error(ErrorKind::Other);
+        a.merge(&b).unwrap();
+        let r = a.report(Duration::from_secs(4), 2, None);
+        assert_eq!(r.requests, 200);
+        assert_eq!(r.rps, 50.0);
+        assert_eq!(r.bytes, 300);
+        assert_eq!(r.status.s2xx, 100);
+        assert_eq!(r.status.s5xx, 100);
+        assert_eq!(r.errors.other, 1);
+        assert!(r.latency_us.p50 <= 100, "{:?}", r.latency_us);
+        assert!(r.latency_us.p90.abs_diff(30_000_000) <= 30_000);
+        assert_eq!(r.mode, Mode::Closed);
+    }
+
+    #[test]
+    fn an_empty_run() {
+        let r = Stats::new().report(Duration::ZERO, 1, None);
+        assert_eq!(r.requests, 0);
+        assert_eq!(r.rps, 0.0);
+        assert_eq!(r.latency_us, Latency::default());
+    }
+
+    #[test]
+    fn json_field_names_are_stable() {
+        let mut stats = Stats::new();
+        stats.record_response(200, 5, us(1_500));
+        let r = stats.report(Duration::from_secs(1), 3, Some(100.0));
+        let json = serde_json::to_value(&r).unwrap();
+        let keys = |v: &serde_json::Value| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(
+            keys(&json),
+            [
+                "bytes",
+                "connections",
+                "duration_secs",
+                "errors",
+                "latency_us",
+                "mode",
+                "rate",
+                "requests",
+                "rps",
+                "status"
+            ]
+        );
+        assert_eq!(
+            keys(&json["latency_us"]),
+            ["max", "mean", "p50", "p90", "p99", "p999"]
+        );
+        assert_eq!(keys(&json["errors"]), ["connect", "other", "timeout"]);
+        assert_eq!(keys(&json["status"]), ["2xx", "3xx", "4xx", "5xx"]);
+        assert_eq!(json["mode"], "open");
+        assert_eq!(json["rate"], 100.0);
+        assert_eq!(json["status"]["2xx"], 1);
+        let back: Report = serde_json::from_value(json).unwrap();
+        assert_eq!(back, r);
+
+        let closed = Stats::new().report(Duration::from_secs(1), 1, None);
+        let json = serde_json::to_value(&closed).unwrap();
+        assert_eq!(json["mode"], "closed");
+        assert!(json["rate"].is_null());
+    }
+
+    #[test]
+    fn the_table_reads_well() {
+        let mut stats = Stats::new();
+        stats.record_response(200, 3 * 1024 * 1024, us(850));
+        stats.record_response(200, 0, us(2_500));
+        let table = stats.report(Duration::from_secs(2), 10, None).to_string();
+        assert!(table.contains("closed loop, 10 connections"), "{table}");
+        assert!(
+            table.contains("2 in 2.00s, 1.00 req/s, 3.00 MiB received"),
+            "{table}"
+        );
+        assert!(table.contains("850us"), "{table}");
+        assert!(table.contains("2.50ms"), "{table}");
+        assert!(table.contains("2xx 2  3xx 0"), "{table}");
+        assert_eq!(Micros(2_500_000.0).to_string(), "2.50s");
+        assert_eq!(Bytes(10).to_string(), "10 B");
+        assert_eq!(Bytes(1536).to_string(), "1.50 KiB");
+    }
+}

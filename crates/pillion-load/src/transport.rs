@@ -1,0 +1,297 @@
+//! Connections that carry the load: one hyper client connection per TCP connection, no pool.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, Request, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::config::{LoadConfig, Protocol};
+use crate::report::ErrorKind;
+
+/// A response, read to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Exchange {
+    pub(crate) status: u16,
+    pub(crate) body_bytes: u64,
+}
+
+/// Opens connections to the target. The worker is generic over it so that tests can drive the
+/// scheduling with a scripted transport under paused time.
+pub(crate) trait Connector: Send + Sync + 'static {
+    type Conn: Connection;
+
+    fn connect(&self) -> impl Future<Output = anyhow::Result<Self::Conn>> + Send;
+}
+
+/// One open connection.
+pub(crate) trait Connection: Send + 'static {
+    /// Whether requests run concurrently on it (HTTP/2), so a lost request does not spoil it.
+    fn multiplexed(&self) -> bool;
+
+    /// Whether the peer or an error has closed it.
+    fn is_closed(&self) -> bool;
+
+    /// Waits until it can take a request; an error means it is no longer usable.
+    fn ready(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Sends one request; the future completes when the whole response body has been read.
+    fn send(&mut self) -> impl Future<Output = Result<Exchange, ErrorKind>> + Send + 'static;
+}
+
+/// The request every connection sends, built once.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestTemplate {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// Connects to one resolved address with TCP_NODELAY and an HTTP/1.1 or h2c handshake.
+#[derive(Debug)]
+pub(crate) struct HyperConnector {
+    addr: SocketAddr,
+    protocol: Protocol,
+    template: RequestTemplate,
+}
+
+/// An HTTP/1.1 or HTTP/2 client connection; its driver runs on its own task.
+pub(crate) struct HyperConnection {
+    sender: Sender,
+    template: RequestTemplate,
+}
+
+enum Sender {
+    Http1(http1::SendRequest<Full<Bytes>>),
+    Http2(http2::SendRequest<Full<Bytes>>),
+}
+
+// === impl RequestTemplate ===
+
+impl RequestTemplate {
+    pub(crate) fn new(config: &LoadConfig) -> Self {
+        let target = &config.target;
+        let mut headers = HeaderMap::with_capacity(config.headers.len() + 1);
+        for (name, value) in &config.headers {
+            if config.protocol == Protocol::Http2 && is_connection_specific(name) {
+                // HTTP/2 forbids these (RFC 9113 §8.2.2); h2 would refuse every request.
+                continue;
+            }
+            headers.append(name.clone(), value.clone());
+        }
+        let (uri, version) = match config.protocol {
+            Protocol::Http1 => {
+                // HTTP/1.1 to an origin: origin-form request target and a `host` header.
+                if !headers.contains_key(header::HOST) {
+                    if let Ok(host) = HeaderValue::from_str(target.authority().as_str()) {
+                        headers.insert(header::HOST, host);
+                    }
+                }
+                let uri = Uri::builder()
+                    .path_and_query(target.path_and_query())
+                    .build()
+                    .unwrap_or_else(|_| target.uri().clone());
+                (uri, Version::HTTP_11)
+            }
+            // HTTP/2 takes `:scheme` and `:authority` from an absolute URI.
+            Protocol::Http2 => (target.uri().clone(), Version::HTTP_2),
+        };
+        Self {
+            method: config.method.clone(),
+            uri,
+            version,
+            headers,
+            body: config.body.clone(),
+        }
+    }
+
+    /// A fresh request; the body is shared, not copied.
+    pub(crate) fn build(&self) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+fn is_connection_specific(name: &header::HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == "keep-alive"
+        || name == "proxy-connection"
+}
+
+// === impl HyperConnector ===
+
+impl HyperConnector {
+    pub(crate) fn new(addr: SocketAddr, config: &LoadConfig) -> Self {
+        Self {
+            addr,
+            protocol: config.protocol,
+            template: RequestTemplate::new(config),
+        }
+    }
+}
+
+impl Connector for HyperConnector {
+    type Conn = HyperConnection;
+
+    async fn connect(&self) -> anyhow::Result<HyperConnection> {
+        let stream = TcpStream::connect(self.addr)
+            .await
+            .with_context(|| format!("cannot connect to {}", self.addr))?;
+        stream.set_nodelay(true).context("cannot set TCP_NODELAY")?;
+        let io = TokioIo::new(stream);
+        let sender = match self.protocol {
+            Protocol::Http1 => {
+                let (sender, conn) = http1::handshake(io)
+                    .await
+                    .context("HTTP/1.1 handshake failed")?;
+                // Errors surface through the requests; the driver ends with the sender.
+                tokio::spawn(async move {
+                    if let Err(error) = conn.await {
+                        tracing::debug!(%error, "connection ended");
+                    }
+                });
+                Sender::Http1(sender)
+            }
+            Protocol::Http2 => {
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    // Larger windows than the 64 KiB default, so big bodies are not held back
+                    // by flow control on a fast link.
+                    .initial_stream_window_size(1 << 20)
+                    .initial_connection_window_size(16 << 20)
+                    .handshake(io)
+                    .await
+                    .context("HTTP/2 handshake failed")?;
+                tokio::spawn(async move {
+                    if let Err(error) = conn.await {
+                        tracing::debug!(%error, "connection ended");
+                    }
+                });
+                Sender::Http2(sender)
+            }
+        };
+        Ok(HyperConnection {
+            sender,
+            template: self.template.clone(),
+        })
+    }
+}
+
+// === impl HyperConnection ===
+
+impl Connection for HyperConnection {
+    fn multiplexed(&self) -> bool {
+        matches!(self.sender, Sender::Http2(_))
+    }
+
+    fn is_closed(&self) -> bool {
+        match &self.sender {
+            Sender::Http1(s) => s.is_closed(),
+            Sender::Http2(s) => s.is_closed(),
+        }
+    }
+
+    async fn ready(&mut self) -> anyhow::Result<()> {
+        match &mut self.sender {
+            Sender::Http1(s) => s.ready().await?,
+            Sender::Http2(s) => s.ready().await?,
+        }
+        Ok(())
+    }
+
+    fn send(&mut self) -> impl Future<Output = Result<Exchange, ErrorKind>> + Send + 'static {
+        let req = self.template.build();
+        let response = match &mut self.sender {
+            Sender::Http1(s) => futures_util::future::Either::Left(s.send_request(req)),
+            Sender::Http2(s) => futures_util::future::Either::Right(s.send_request(req)),
+        };
+        async move {
+            let response = response.await.map_err(|error| {
+                tracing::trace!(%error, "request failed");
+                ErrorKind::Other
+            })?;
+            let status = response.status().as_u16();
+            let mut body = response.into_body();
+            let mut body_bytes = 0;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|error| {
+                    tracing::trace!(%error, "response body failed");
+                    ErrorKind::Other
+                })?;
+                if let Some(data) = frame.data_ref() {
+                    body_bytes += data.len() as u64;
+                }
+            }
+            Ok(Exchange { status, body_bytes })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Target;
+
+    #[test]
+    fn http1_requests_are_origin_form_with_a_host() {
+        let mut config = LoadConfig::new(Target::parse("http://localhost:8080/x?y=1").unwrap());
+        config.method = Method::POST;
+        config.body = Bytes::from_static(b"abc");
+        config
+            .headers
+            .append("x-test", HeaderValue::from_static("1"));
+        config
+            .headers
+            .append("x-test", HeaderValue::from_static("2"));
+        let req = RequestTemplate::new(&config).build();
+        assert_eq!(req.method(), Method::POST);
+        let values: Vec<_> = req.headers().get_all("x-test").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(req.uri(), "/x?y=1");
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers()["host"], "localhost:8080");
+        assert_eq!(req.headers()["x-test"], "1");
+    }
+
+    #[test]
+    fn a_host_header_overrides_the_url() {
+        let mut config = LoadConfig::new(Target::parse("http://127.0.0.1:8080/").unwrap());
+        config
+            .headers
+            .insert(header::HOST, HeaderValue::from_static("svc.local"));
+        let req = RequestTemplate::new(&config).build();
+        assert_eq!(req.headers()["host"], "svc.local");
+        assert_eq!(req.headers().get_all("host").iter().count(), 1);
+    }
+
+    #[test]
+    fn http2_requests_are_absolute_without_connection_headers() {
+        let mut config = LoadConfig::new(Target::parse("http://localhost:8080/x").unwrap());
+        config.protocol = Protocol::Http2;
+        config
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        config
+            .headers
+            .insert("x-test", HeaderValue::from_static("1"));
+        let req = RequestTemplate::new(&config).build();
+        assert_eq!(req.uri(), "http://localhost:8080/x");
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert!(req.headers().get("host").is_none());
+        assert!(req.headers().get("connection").is_none());
+        assert_eq!(req.headers()["x-test"], "1");
+    }
+}

@@ -1,0 +1,85 @@
+//! `pillion bench`, the bundled load generator, run for a moment against the echo app through the
+//! proxy: its JSON report is well formed and agrees with what the proxy counted.
+
+use pillion_tests::{free_addr, pillion, Echo, Proxy};
+use serde_json::Value;
+use std::time::Duration;
+
+fn run_bench(args: &[&str]) -> Value {
+    let out = pillion(args, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pillion {args:?} failed: {stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bench --json output is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn n(v: &Value, path: &[&str]) -> f64 {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_f64()
+        .unwrap_or_else(|| panic!("report field {path:?} is not a number: {v}"))
+}
+
+#[tokio::test]
+async fn closed_and_open_loop_reports_are_well_formed() {
+    let echo = Echo::start().await;
+    let listen = free_addr();
+    let proxy = Proxy::start(&format!(
+        "listeners:\n  - name: in\n    address: {listen}\n    protocol: http\n    cluster: app\nclusters:\n  - name: app\n    endpoints: [{}]\n",
+        echo.addr()
+    ))
+    .await;
+    let url = format!("http://{listen}/bench");
+
+    // Closed loop, HTTP/1.1, stopped by a request count so the proxy's count is exact.
+    let closed = run_bench(&["bench", "--json", "-c", "4", "-n", "500", &url]);
+    assert_eq!(closed["mode"], "closed", "{closed}");
+    assert_eq!(n(&closed, &["requests"]), 500.0, "{closed}");
+    assert_eq!(n(&closed, &["status", "2xx"]), 500.0, "{closed}");
+    assert_eq!(n(&closed, &["connections"]), 4.0, "{closed}");
+    for kind in ["connect", "timeout", "other"] {
+        assert_eq!(n(&closed, &["errors", kind]), 0.0, "{closed}");
+    }
+    let lat = |r: &Value, q: &str| n(r, &["latency_us", q]);
+    assert!(lat(&closed, "p50") > 0.0, "{closed}");
+    assert!(lat(&closed, "p50") <= lat(&closed, "p99"), "{closed}");
+    assert!(lat(&closed, "p99") <= lat(&closed, "p999"), "{closed}");
+    assert!(lat(&closed, "p999") <= lat(&closed, "max"), "{closed}");
+    assert!(n(&closed, &["rps"]) > 0.0, "{closed}");
+    proxy
+        .wait_metric(
+            "pillion_http_requests_total",
+            &[("cluster", "app"), ("status_class", "2xx")],
+            500.0,
+        )
+        .await;
+
+    // Open loop over HTTP/2 for a second at a modest rate.
+    let open = run_bench(&[
+        "bench", "--json", "--h2", "-c", "2", "--rate", "200", "-d", "1s", &url,
+    ]);
+    assert_eq!(open["mode"], "open", "{open}");
+    assert_eq!(n(&open, &["rate"]), 200.0, "{open}");
+    let requests = n(&open, &["requests"]);
+    assert!((100.0..=260.0).contains(&requests), "{open}");
+    assert_eq!(n(&open, &["status", "2xx"]), requests, "{open}");
+}
+
+#[tokio::test]
+async fn bench_reports_connect_errors_clearly() {
+    let closed = free_addr();
+    let out = pillion(
+        &["bench", "-n", "5", &format!("http://{closed}/")],
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
