@@ -27,12 +27,12 @@ fn config_with_routes(n: usize) -> String {
 fn table(n: usize) -> RouteTable {
     let text = config_with_routes(n);
     let cfg = Config::load(&text, "bench").expect("bench config is valid");
+    let metrics = std::sync::Arc::new(Metrics::register(&mut Registry::default()));
     let clusters: HashMap<_, _> = cfg
         .clusters
         .iter()
-        .map(|c| (c.name.clone(), Cluster::new(c)))
+        .map(|c| (c.name.clone(), Cluster::new(c, &metrics)))
         .collect();
-    let metrics = Metrics::register(&mut Registry::default());
     RouteTable::compile(&cfg.listeners[0], &clusters, &metrics, "inbound").expect("compiles")
 }
 

@@ -19,6 +19,7 @@ use crate::{pillion_bin, STEP};
 pub struct Proxy {
     child: ChildGuard,
     admin: SocketAddr,
+    health: SocketAddr,
     config: PathBuf,
     _dir: TempDir,
 }
@@ -39,7 +40,8 @@ impl Proxy {
             "Proxy::start adds the admin section itself"
         );
         let admin = free_addr();
-        let yaml = format!("admin:\n  address: {admin}\n{yaml}");
+        let health = free_addr();
+        let yaml = format!("admin:\n  address: {admin}\n  health_address: {health}\n{yaml}");
         let dir = TempDir::new().expect("tempdir");
         let config = dir.path().join("pillion.yaml");
         std::fs::write(&config, &yaml).expect("write config");
@@ -49,6 +51,7 @@ impl Proxy {
         let mut proxy = Self {
             child,
             admin,
+            health,
             config,
             _dir: dir,
         };
@@ -79,6 +82,11 @@ impl Proxy {
 
     pub fn pid(&self) -> u32 {
         self.child.pid()
+    }
+
+    /// The read-only health and metrics listener.
+    pub fn health_addr(&self) -> SocketAddr {
+        self.health
     }
 
     pub fn admin_addr(&self) -> SocketAddr {

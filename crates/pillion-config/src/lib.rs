@@ -18,6 +18,58 @@ pub use self::model::*;
 pub use self::tls::*;
 pub use self::value::{Duration, Endpoint, HostPattern};
 
+/// The fields an access-log line can carry, by name.
+pub const ACCESS_LOG_FIELDS: &[&str] = &[
+    "start_time",
+    "duration_ms",
+    "upstream_service_time_ms",
+    "listener",
+    "direction",
+    "route",
+    "cluster",
+    "method",
+    "authority",
+    "path",
+    "protocol",
+    "status",
+    "response_flags",
+    "bytes_received",
+    "bytes_sent",
+    "downstream_address",
+    "upstream_host",
+    "request_id",
+    "trace_id",
+    "peer_identity",
+];
+
+/// Checks a text access-log template: `%field%` placeholders naming [`ACCESS_LOG_FIELDS`].
+/// Returns the placeholders in order.
+pub fn access_log_fields(template: &str) -> Result<Vec<&str>, String> {
+    let mut fields = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('%') {
+        let after = &rest[start + 1..];
+        let end = after
+            .find('%')
+            .ok_or_else(|| format!("unclosed `%` in `{template}`; expected `%field%`"))?;
+        let name = &after[..end];
+        if !ACCESS_LOG_FIELDS.contains(&name) {
+            return Err(format!(
+                "unknown field `%{name}%`; expected json or a template of {}",
+                ACCESS_LOG_FIELDS.join(", ")
+            ));
+        }
+        fields.push(name);
+        rest = &after[end + 1..];
+    }
+    if fields.is_empty() {
+        return Err(format!(
+            "`{template}` has no `%field%`; expected json or a template"
+        ));
+    }
+    Ok(fields)
+}
+
 /// The default configuration, shipped in `config/pillion.yaml` and compiled into the binary.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../config/pillion.yaml");
 

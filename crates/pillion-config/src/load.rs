@@ -11,6 +11,36 @@ impl Config {
         Ok(config)
     }
 
+    /// The effective configuration (defaults filled in) as YAML, with the values of keys that
+    /// may hold secrets (`key`, `password`, `secret`, `token`) replaced by `[redacted]`.
+    pub fn dump(&self) -> String {
+        fn redact(v: &mut serde_yaml::Value) {
+            match v {
+                serde_yaml::Value::Mapping(m) => {
+                    for (k, v) in m.iter_mut() {
+                        let secret = k
+                            .as_str()
+                            .is_some_and(|k| matches!(k, "key" | "password" | "secret" | "token"));
+                        if secret {
+                            *v = serde_yaml::Value::String("[redacted]".into());
+                        } else {
+                            redact(v);
+                        }
+                    }
+                }
+                serde_yaml::Value::Sequence(s) => s.iter_mut().for_each(redact),
+                _ => {}
+            }
+        }
+        match serde_yaml::to_value(self) {
+            Ok(mut v) => {
+                redact(&mut v);
+                serde_yaml::to_string(&v).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+            }
+            Err(e) => format!("# cannot render: {e}\n"),
+        }
+    }
+
     /// Parses a configuration without the semantic checks of [`Config::validate`].
     pub fn from_yaml(text: &str, file: &str) -> Result<Self, ConfigErrors> {
         if text.trim().is_empty() {
@@ -144,6 +174,19 @@ clusters:
         ));
         assert_eq!(e.line, Some(5), "{e}");
         assert!(e.message.contains("`http`"), "{e}");
+    }
+
+    #[test]
+    fn dump_fills_defaults_and_redacts_keys() {
+        let text = GOOD.replace(
+            "    cluster: app\n",
+            "    cluster: app\n    tls: {cert: /c.pem, key: /secret/k.pem}\n",
+        );
+        let d = Config::from_yaml(&text, "t.yaml").unwrap().dump();
+        assert!(d.contains("connect_timeout: 1s"), "{d}");
+        assert!(d.contains("key: '[redacted]'"), "{d}");
+        assert!(!d.contains("/secret/k.pem"), "{d}");
+        assert!(d.contains("/c.pem"), "{d}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The configuration model: plain structs read from YAML, with their defaults.
 
 use crate::tls::{AuthzRule, ClusterTls, ListenerTls};
-use crate::value::{socket_addr, Duration, Endpoint, HostPattern};
+use crate::value::{opt_socket_addr, socket_addr, Duration, Endpoint, HostPattern};
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, net::SocketAddr};
 
@@ -21,6 +21,24 @@ pub struct Config {
     /// Named groups of upstream endpoints.
     #[serde(default)]
     pub clusters: Vec<Cluster>,
+    /// One line per HTTP request and TCP connection; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLog>,
+}
+
+/// The access log.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// `stdout`, `stderr`, or a file path (reopened on SIGUSR1 and when rotated away).
+    #[serde(default = "defaults::access_log_path")]
+    pub path: String,
+    /// `json` (one object per line), or a text template with `%field%` placeholders.
+    #[serde(default = "defaults::access_log_format")]
+    pub format: String,
+    /// Lines queued for the writer; past this, lines are dropped (and counted), never requests.
+    #[serde(default = "defaults::access_log_buffer")]
+    pub buffer: usize,
 }
 
 /// The admin endpoint.
@@ -30,6 +48,13 @@ pub struct Admin {
     /// Where it listens; loopback by default because it can change state.
     #[serde(default = "defaults::admin_address", deserialize_with = "socket_addr")]
     pub address: SocketAddr,
+    /// The read-only health and metrics listener (`/ready`, `/live`, `/metrics`) for kubelet and
+    /// Prometheus; `null` turns it off.
+    #[serde(
+        default = "defaults::health_address",
+        deserialize_with = "opt_socket_addr"
+    )]
+    pub health_address: Option<SocketAddr>,
 }
 
 /// One port Pillion accepts traffic on.
@@ -50,6 +75,12 @@ pub struct Listener {
     /// With `auto`: a client that sends nothing for this long is relayed as opaque TCP.
     #[serde(default = "defaults::detect_timeout")]
     pub detect_timeout: Duration,
+    /// Keep or generate `x-request-id` on every request and return it on the response.
+    #[serde(default = "defaults::yes")]
+    pub request_id: bool,
+    /// Keep or start a W3C trace (`traceparent`), recording this hop as the new parent.
+    #[serde(default = "defaults::yes")]
+    pub trace_context: bool,
     /// The catch-all cluster: HTTP requests no route matched, and TCP (or undetected) traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
@@ -183,6 +214,9 @@ pub struct Cluster {
     /// How often DNS endpoints are resolved again.
     #[serde(default = "defaults::dns_refresh")]
     pub dns_refresh: Duration,
+    /// Export requests, errors and latency per endpoint (one label set per endpoint address).
+    #[serde(default)]
+    pub endpoint_metrics: bool,
     /// TLS origination towards the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClusterTls>,
@@ -214,6 +248,7 @@ impl Default for Admin {
     fn default() -> Self {
         Self {
             address: defaults::admin_address(),
+            health_address: defaults::health_address(),
         }
     }
 }
@@ -225,6 +260,7 @@ impl Default for Config {
             drain_timeout: defaults::drain_timeout(),
             listeners: Vec::new(),
             clusters: Vec::new(),
+            access_log: None,
         }
     }
 }
@@ -236,6 +272,26 @@ pub mod defaults {
     /// `admin.address`.
     pub fn admin_address() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 15000))
+    }
+    /// `admin.health_address`.
+    pub fn health_address() -> Option<SocketAddr> {
+        Some(SocketAddr::from(([0, 0, 0, 0], 15020)))
+    }
+    /// `access_log.path`.
+    pub fn access_log_path() -> String {
+        "stdout".into()
+    }
+    /// `access_log.format`.
+    pub fn access_log_format() -> String {
+        "json".into()
+    }
+    /// `access_log.buffer`.
+    pub fn access_log_buffer() -> usize {
+        4096
+    }
+    /// Switches that are on unless turned off.
+    pub fn yes() -> bool {
+        true
     }
     /// `drain_timeout`.
     pub fn drain_timeout() -> Duration {

@@ -1,7 +1,15 @@
 //! TLS and authorization settings: listener termination (mTLS), cluster origination, policies.
 
+use crate::value::Duration;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+
+/// How often the certificate, key and CA files are checked for changes by default.
+pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+fn default_reload_interval() -> Duration {
+    DEFAULT_TLS_RELOAD_INTERVAL
+}
 
 /// TLS on a listener: terminates TLS, verifying client certificates against `ca`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -18,6 +26,10 @@ pub struct ListenerTls {
     /// Trust bundles (PEM files, several CAs allowed) that client certificates must chain to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ca: Vec<PathBuf>,
+    /// How often `cert`, `key` and `ca` are checked for changes (rewritten in place or swapped
+    /// by a symlink, as Kubernetes does); `0s` turns reloading off.
+    #[serde(default = "default_reload_interval")]
+    pub reload_interval: Duration,
 }
 
 /// How a listener treats TLS.
@@ -51,6 +63,9 @@ pub struct ClusterTls {
     /// Accepted server identities (SPIFFE IDs, `*` suffix patterns allowed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub identities: Vec<String>,
+    /// How often `cert`, `key` and `ca` are checked for changes; `0s` turns reloading off.
+    #[serde(default = "default_reload_interval")]
+    pub reload_interval: Duration,
 }
 
 /// One authorization rule; a request is allowed when any rule of the policy matches it.
@@ -58,7 +73,7 @@ pub struct ClusterTls {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthzRule {
-    /// Name, the `policy` metric label; defaults to the rule's index.
+    /// Name, the `rule` label of the authorization metric; defaults to the rule's index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Peer identities: exact SPIFFE IDs or prefix patterns ending in `*`

@@ -243,6 +243,15 @@ pub(crate) fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr,
     from_str_visitor::<D, Addr>(d, "an address like 127.0.0.1:15006").map(|a| a.0)
 }
 
+/// Like [`socket_addr`], with `null` for "off".
+pub(crate) fn opt_socket_addr<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrap(#[serde(deserialize_with = "socket_addr")] SocketAddr);
+    Option::<Wrap>::deserialize(d).map(|o| o.map(|w| w.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

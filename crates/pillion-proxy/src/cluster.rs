@@ -1,13 +1,14 @@
 //! Clusters: named groups of endpoints, their resolution, selection and pooled HTTP clients.
 
+use crate::{connect::Counted, http::RequestBody};
 use arc_swap::ArcSwap;
 use http::uri::Authority;
-use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioTimer},
 };
 use pillion_config as config;
+use pillion_telemetry::{EndpointStats, Metrics, UpstreamStats};
 use std::{
     net::SocketAddr,
     sync::{
@@ -24,7 +25,7 @@ use tracing::{debug, info, warn};
 const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// The pooled HTTP client of a cluster.
-pub(crate) type HttpClient = Client<HttpConnector, Incoming>;
+pub(crate) type HttpClient = Client<Counted<HttpConnector>, RequestBody>;
 
 /// A named group of upstream endpoints.
 pub struct Cluster {
@@ -37,6 +38,9 @@ pub struct Cluster {
     protocol: config::UpstreamProtocol,
     h1: HttpClient,
     h2: HttpClient,
+    upstream: UpstreamStats,
+    /// Per-endpoint metrics, when the cluster opts in.
+    endpoint_metrics: Option<Arc<Metrics>>,
 }
 
 /// One resolved endpoint.
@@ -46,21 +50,27 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// `addr` as a URI authority, built once.
     pub authority: Authority,
+    /// Its metric handles, when the cluster has `endpoint_metrics`.
+    pub stats: Option<EndpointStats>,
 }
 
 // === impl Cluster ===
 
 impl Cluster {
     /// Builds a cluster; static endpoints are usable at once, DNS ones after [`Cluster::resolve`].
-    pub fn new(cfg: &config::Cluster) -> Arc<Self> {
+    pub fn new(cfg: &config::Cluster, metrics: &Arc<Metrics>) -> Arc<Self> {
+        let endpoint_metrics = cfg.endpoint_metrics.then(|| metrics.clone());
         let statics = cfg
             .endpoints
             .iter()
             .filter_map(|e| match e {
-                config::Endpoint::Static(a) => Endpoint::new(*a),
+                config::Endpoint::Static(a) => {
+                    Endpoint::new(*a, &cfg.name, endpoint_metrics.as_deref())
+                }
                 config::Endpoint::Dns { .. } => None,
             })
             .collect();
+        let upstream = metrics.upstream_stats(&cfg.name);
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.connect_timeout.0));
@@ -72,7 +82,7 @@ impl Cluster {
                 .http2_only(h2)
                 .http2_initial_stream_window_size(1 << 20)
                 .http2_initial_connection_window_size(4 << 20)
-                .build(connector.clone())
+                .build(Counted::new(connector.clone(), upstream.clone()))
         };
         Arc::new(Self {
             name: cfg.name.as_str().into(),
@@ -84,12 +94,24 @@ impl Cluster {
             protocol: cfg.protocol,
             h1: client(false),
             h2: client(true),
+            upstream,
+            endpoint_metrics,
         })
     }
 
     /// The cluster's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The cluster's name, shared.
+    pub fn name_arc(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
+    /// The cluster's upstream connection and request handles.
+    pub fn upstream_stats(&self) -> &UpstreamStats {
+        &self.upstream
     }
 
     /// Whether any endpoint is a DNS name.
@@ -146,11 +168,13 @@ impl Cluster {
         let mut next = Vec::with_capacity(self.spec.len());
         for e in &self.spec {
             match e {
-                config::Endpoint::Static(a) => next.extend(Endpoint::new(*a)),
+                config::Endpoint::Static(a) => next.extend(self.endpoint(*a, &previous)),
                 config::Endpoint::Dns { host, port } => {
                     let lookup = tokio::net::lookup_host((host.as_str(), *port));
                     match tokio::time::timeout(Duration::from_secs(5), lookup).await {
-                        Ok(Ok(addrs)) => next.extend(addrs.filter_map(Endpoint::new)),
+                        Ok(Ok(addrs)) => {
+                            next.extend(addrs.filter_map(|a| self.endpoint(a, &previous)))
+                        }
                         Ok(Err(err)) => {
                             warn!(cluster = %self.name, %host, %err, "DNS resolution failed");
                             next.extend(
@@ -200,6 +224,14 @@ impl Cluster {
         });
     }
 
+    /// An endpoint for `addr`, reusing the one in `previous` (and so its metric handles).
+    fn endpoint(&self, addr: SocketAddr, previous: &[Endpoint]) -> Option<Endpoint> {
+        match previous.iter().find(|e| e.addr == addr) {
+            Some(e) => Some(e.clone()),
+            None => Endpoint::new(addr, &self.name, self.endpoint_metrics.as_deref()),
+        }
+    }
+
     /// The endpoints in use now.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
         self.endpoints.load().iter().map(|e| e.addr).collect()
@@ -217,10 +249,15 @@ impl std::fmt::Debug for Cluster {
 // === impl Endpoint ===
 
 impl Endpoint {
-    fn new(addr: SocketAddr) -> Option<Self> {
+    fn new(addr: SocketAddr, cluster: &str, metrics: Option<&Metrics>) -> Option<Self> {
         // NOTE: a SocketAddr always formats as a valid authority; `None` is unreachable in practice.
         let authority = Authority::try_from(addr.to_string()).ok()?;
-        Some(Self { addr, authority })
+        let stats = metrics.map(|m| m.endpoint_stats(cluster, &addr.to_string()));
+        Some(Self {
+            addr,
+            authority,
+            stats,
+        })
     }
 }
 
@@ -231,7 +268,8 @@ mod tests {
     fn cluster(endpoints: &str) -> Arc<Cluster> {
         let cfg: config::Cluster =
             serde_yaml::from_str(&format!("name: c\nendpoints: {endpoints}")).unwrap();
-        Cluster::new(&cfg)
+        let metrics = Arc::new(Metrics::register(&mut Default::default()));
+        Cluster::new(&cfg, &metrics)
     }
 
     #[tokio::test]

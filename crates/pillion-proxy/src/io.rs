@@ -27,6 +27,8 @@ pin_project_lite::pin_project! {
         io: I,
         read: Counter,
         written: Counter,
+        total_read: u64,
+        total_written: u64,
     }
 }
 
@@ -96,7 +98,18 @@ impl<I: AsyncWrite> AsyncWrite for PrefixedIo<I> {
 impl<I> CountedIo<I> {
     /// Wraps `io`, adding to `read` and `written` as bytes pass.
     pub fn new(io: I, read: Counter, written: Counter) -> Self {
-        Self { io, read, written }
+        Self {
+            io,
+            read,
+            written,
+            total_read: 0,
+            total_written: 0,
+        }
+    }
+
+    /// Bytes read and written through this stream so far.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.total_read, self.total_written)
     }
 }
 
@@ -109,7 +122,9 @@ impl<I: AsyncRead> AsyncRead for CountedIo<I> {
         let this = self.project();
         let before = buf.filled().len();
         let res = this.io.poll_read(cx, buf);
-        this.read.inc_by((buf.filled().len() - before) as u64);
+        let n = (buf.filled().len() - before) as u64;
+        this.read.inc_by(n);
+        *this.total_read += n;
         res
     }
 }
@@ -124,6 +139,7 @@ impl<I: AsyncWrite> AsyncWrite for CountedIo<I> {
         let res = this.io.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res {
             this.written.inc_by(n as u64);
+            *this.total_written += n as u64;
         }
         res
     }

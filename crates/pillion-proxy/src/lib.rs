@@ -5,6 +5,7 @@
 //! one pipeline: accept, detect the protocol (on `auto` listeners), then serve HTTP or relay TCP.
 
 pub mod cluster;
+pub mod connect;
 pub mod detect;
 pub mod http;
 pub mod io;

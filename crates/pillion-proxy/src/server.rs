@@ -3,7 +3,7 @@
 use crate::{
     cluster::Cluster,
     detect::{detect, Detected},
-    http::{ConnCtx, RouteTable},
+    http::{ConnCtx, HttpListener, ProxyError, RouteTable},
     io::PrefixedIo,
     tcp,
 };
@@ -14,7 +14,7 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use pillion_config::{self as config, Config, Protocol};
-use pillion_telemetry::{Metrics, TcpLabels, TcpStats};
+use pillion_telemetry::{access_log::AccessLog, Metrics, TcpLabels, TcpStats};
 use prometheus_client::metrics::counter::Counter;
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::net::{TcpListener, TcpStream};
@@ -40,6 +40,8 @@ struct Listener {
     /// Detection results, indexed like [`Detected`].
     detected: [Counter; 4],
     http: auto::Builder<TokioExecutor>,
+    /// What every HTTP request on this listener shares.
+    shared: Arc<HttpListener>,
 }
 
 /// What the admin endpoint shows of a listener.
@@ -73,20 +75,30 @@ pub struct BindError {
 
 impl Proxy {
     /// Compiles a validated config, resolving every metric handle the data path will use.
-    pub fn build(cfg: &Config, metrics: &Metrics) -> Result<Self, BuildError> {
+    pub fn build(
+        cfg: &Config,
+        metrics: &Arc<Metrics>,
+        access_log: Option<AccessLog>,
+    ) -> Result<Self, BuildError> {
         let clusters: HashMap<String, Arc<Cluster>> = cfg
             .clusters
             .iter()
-            .map(|c| (c.name.clone(), Cluster::new(c)))
+            .map(|c| (c.name.clone(), Cluster::new(c, metrics)))
             .collect();
         let listeners = cfg
             .listeners
             .iter()
-            .map(|l| Listener::build(l, &clusters, metrics).map(Arc::new))
+            .map(|l| Listener::build(l, &clusters, metrics, access_log.clone()).map(Arc::new))
             .collect::<Result<_, _>>()?;
+        // Config order, so the admin endpoint lists clusters as the file does.
+        let clusters = cfg
+            .clusters
+            .iter()
+            .filter_map(|c| clusters.get(&c.name).cloned())
+            .collect();
         Ok(Self {
             listeners,
-            clusters: clusters.into_values().collect(),
+            clusters,
         })
     }
 
@@ -113,6 +125,11 @@ impl Proxy {
             bound.push(sock);
         }
         Ok(bound)
+    }
+
+    /// The clusters, for the admin endpoint.
+    pub fn clusters(&self) -> Vec<Arc<Cluster>> {
+        self.clusters.clone()
     }
 
     /// The listeners, for the admin endpoint.
@@ -243,6 +260,7 @@ async fn serve_connection(
     match detected {
         Detected::Http1 | Detected::Http2 => {
             let ctx = Arc::new(ConnCtx {
+                listener: l.shared.clone(),
                 table: l.table.load_full(),
                 client: peer,
                 tasks,
@@ -254,7 +272,33 @@ async fn serve_connection(
             }
         }
         Detected::Opaque | Detected::Timeout => match &l.tcp {
-            Some((cluster, stats)) => tcp::relay(io, cluster, stats).await,
+            Some((cluster, stats)) => {
+                let log = l.shared.access_log.as_ref().map(|log| {
+                    (
+                        log,
+                        pillion_telemetry::access_log::Entry {
+                            start_time: Some(std::time::SystemTime::now()),
+                            listener: l.shared.name.clone(),
+                            direction: l.shared.direction,
+                            cluster: Some(cluster.name_arc()),
+                            protocol: "TCP",
+                            response_flags: "-",
+                            downstream_address: Some(peer),
+                            ..Default::default()
+                        },
+                    )
+                });
+                let started = tokio::time::Instant::now();
+                let outcome = tcp::relay(io, cluster, stats).await;
+                if let Some((log, mut e)) = log {
+                    e.duration = started.elapsed();
+                    e.upstream_host = outcome.upstream;
+                    e.bytes_received = outcome.rx;
+                    e.bytes_sent = outcome.tx;
+                    e.response_flags = outcome.error.map_or("-", ProxyError::flag);
+                    log.log(e);
+                }
+            }
             None => {
                 debug!(listener = %l.name, %peer, "not HTTP and no cluster to relay to; closing")
             }
@@ -269,6 +313,7 @@ impl Listener {
         cfg: &config::Listener,
         clusters: &HashMap<String, Arc<Cluster>>,
         metrics: &Metrics,
+        access_log: Option<AccessLog>,
     ) -> Result<Self, BuildError> {
         let err = |message: String| BuildError {
             listener: cfg.name.clone(),
@@ -301,7 +346,17 @@ impl Listener {
             .timer(TokioTimer::new())
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20);
+        let shared = Arc::new(HttpListener {
+            name: cfg.name.as_str().into(),
+            direction,
+            request_id: cfg.request_id,
+            trace_context: cfg.trace_context,
+            access_log,
+            proxy_responses: ProxyError::ALL
+                .map(|e| metrics.proxy_response(direction, &cfg.name, e.reason())),
+        });
         Ok(Self {
+            shared,
             name: cfg.name.clone(),
             address: cfg.address,
             protocol: cfg.protocol,

@@ -1,19 +1,34 @@
 //! The TCP relay: bytes both ways between a downstream connection and a cluster endpoint.
 
-use crate::{cluster::Cluster, io::CountedIo};
+use crate::{cluster::Cluster, http::ProxyError, io::CountedIo};
 use pillion_telemetry::TcpStats;
+use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
 /// Relay buffer size per direction: large enough for bulk transfers in few syscalls.
 const BUF_SIZE: usize = 64 * 1024;
 
+/// How a relay went, for the access log.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Outcome {
+    /// The endpoint relayed to.
+    pub upstream: Option<SocketAddr>,
+    /// Bytes received from the downstream client.
+    pub rx: u64,
+    /// Bytes sent to the downstream client.
+    pub tx: u64,
+    /// Why the relay did not happen.
+    pub error: Option<ProxyError>,
+}
+
 /// Relays `downstream` to an endpoint of `cluster` until both directions are done. A FIN from
 /// one side is passed on as a write shutdown while the other direction keeps flowing.
-pub async fn relay<I>(downstream: I, cluster: &Cluster, stats: &TcpStats)
+pub async fn relay<I>(downstream: I, cluster: &Cluster, stats: &TcpStats) -> Outcome
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut outcome = Outcome::default();
     // NOTE: counted as bytes pass, so a relay cut short still reports what it moved.
     let mut downstream = CountedIo::new(downstream, stats.rx_bytes.clone(), stats.tx_bytes.clone());
     stats.opened.inc();
@@ -25,6 +40,7 @@ where
                 warn!(cluster = cluster.name(), endpoint = %ep.addr, %err, "connect failed; closing")
             }
             Ok(mut upstream) => {
+                outcome.upstream = Some(ep.addr);
                 match tokio::io::copy_bidirectional_with_sizes(
                     &mut downstream,
                     &mut upstream,
@@ -34,11 +50,16 @@ where
                 .await
                 {
                     Ok((rx, tx)) => debug!(cluster = cluster.name(), rx, tx, "relay done"),
-                    Err(err) => debug!(cluster = cluster.name(), %err, "relay ended with an error"),
+                    Err(err) => {
+                        debug!(cluster = cluster.name(), %err, "relay ended with an error");
+                        outcome.error = Some(ProxyError::UpstreamReset);
+                    }
                 }
             }
         },
     }
+    (outcome.rx, outcome.tx) = downstream.totals();
     stats.active.dec();
     stats.closed.inc();
+    outcome
 }

@@ -8,7 +8,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 /// Pillion: a light service-proxy sidecar.
 #[derive(Debug, Parser)]
-#[command(name = "pillion", version, about)]
+#[command(name = "pillion", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("PILLION_COMMIT"), ")"), about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

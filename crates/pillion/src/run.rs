@@ -1,11 +1,11 @@
 //! `pillion run`, `check` and `demo`: load the config, bind, serve, drain on a signal.
 
 use clap::Args;
-use pillion_admin::{Admin, Phase};
+use pillion_admin::{Admin, Controls, Phase, Port};
 use pillion_config::{Config, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME};
 use pillion_proxy::Proxy;
-use pillion_telemetry::{init_tracing, LogFormat, Metrics};
-use std::{path::Path, path::PathBuf, process::ExitCode};
+use pillion_telemetry::{access_log::AccessLog, init_tracing, LogControl, LogFormat, Metrics};
+use std::{path::Path, path::PathBuf, process::ExitCode, sync::Arc};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -61,10 +61,13 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Err(e) = init_log(&args.log) {
-        eprintln!("error: {e}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    let log = match init_log(&args.log) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let rt = match runtime(args.workers) {
         Ok(rt) => rt,
         Err(e) => {
@@ -72,7 +75,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    rt.block_on(serve(config))
+    rt.block_on(serve(config, log))
 }
 
 /// `pillion demo`: the echo app on 127.0.0.1:8080 behind the default config.
@@ -81,10 +84,13 @@ pub fn demo(log: LogArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Err(e) = init_log(&log) {
-        eprintln!("error: {e}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    let log = match init_log(&log) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let rt = match runtime(None) {
         Ok(rt) => rt,
         Err(e) => {
@@ -106,7 +112,7 @@ pub fn demo(log: LogArgs) -> ExitCode {
             crate::echo::Defaults::named("demo-app"),
         ));
         info!("demo app on {app}; try: curl -i http://127.0.0.1:15006/hello");
-        serve(config).await
+        serve(config, log).await
     })
 }
 
@@ -130,7 +136,7 @@ fn load(file: Option<&Path>) -> Result<Config, ExitCode> {
     })
 }
 
-fn init_log(log: &LogArgs) -> Result<(), String> {
+fn init_log(log: &LogArgs) -> Result<LogControl, String> {
     let format = match log.log_format {
         LogFormatArg::Plain => LogFormat::Plain,
         LogFormatArg::Json => LogFormat::Json,
@@ -153,30 +159,105 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
-/// Binds everything, serves until SIGTERM or SIGINT, then drains.
-async fn serve(config: Config) -> ExitCode {
+/// Binds everything, serves until SIGTERM, SIGINT or `/shutdown`, then drains and exits.
+/// `/drain` drains without exiting.
+async fn serve(config: Config, log: LogControl) -> ExitCode {
     let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    let proxy = match Proxy::build(&config, &metrics) {
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    pillion_telemetry::register_process_metrics(
+        &mut registry,
+        env!("CARGO_PKG_VERSION"),
+        env!("PILLION_COMMIT"),
+    );
+    let access_log = match &config.access_log {
+        None => None,
+        Some(cfg) => match AccessLog::start(
+            cfg,
+            metrics.access_log_lines.clone(),
+            metrics.access_log_dropped.clone(),
+        ) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        },
+    };
+    let proxy = match Proxy::build(&config, &metrics, access_log.clone()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let dump = serde_yaml::to_string(&config).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
-    let admin = Admin::new(registry, dump);
+
+    let drain = CancellationToken::new();
+    let shutdown = CancellationToken::new();
+    let log = Arc::new(log);
+    let clusters = proxy.clusters();
+    let listeners = proxy.listeners();
+    let controls = Controls {
+        config_dump: config.dump(),
+        clusters: Box::new(move || {
+            serde_json::Value::Array(
+                clusters
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "name": c.name(),
+                            "endpoints": c.endpoints().iter().map(|a| serde_json::json!({ "address": a.to_string() })).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect(),
+            )
+        }),
+        listeners: Box::new(move || {
+            serde_json::Value::Array(
+                listeners
+                    .iter()
+                    .map(|l| {
+                        serde_json::json!({
+                            "name": l.name,
+                            "address": l.address.to_string(),
+                            "protocol": format!("{:?}", l.protocol).to_lowercase(),
+                            "routes": l.routes,
+                        })
+                    })
+                    .collect(),
+            )
+        }),
+        log_filter: {
+            let log = log.clone();
+            Box::new(move || log.current())
+        },
+        set_log_filter: {
+            let log = log.clone();
+            Box::new(move |f| log.set(f).map(|()| log.current()))
+        },
+        drain: drain.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let admin = Admin::new(registry, controls);
 
     let admin_sock = match tokio::net::TcpListener::bind(config.admin.address).await {
         Ok(s) => s,
         Err(e) => {
-            error!(address = %config.admin.address, "cannot listen (admin): {e}");
             eprintln!(
-                "error: cannot listen on {} (admin): {e}",
+                "error: cannot listen on {} (admin.address): {e}",
                 config.admin.address
             );
             return ExitCode::from(EXIT_RUNTIME);
         }
+    };
+    let health_sock = match config.admin.health_address {
+        None => None,
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("error: cannot listen on {addr} (admin.health_address): {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        },
     };
     let bound = match proxy.bind().await {
         Ok(b) => b,
@@ -185,41 +266,76 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    tokio::spawn(admin.clone().serve(admin_sock));
+    tokio::spawn(admin.clone().serve(admin_sock, Port::Admin));
+    if let Some(sock) = health_sock {
+        tokio::spawn(admin.clone().serve(sock, Port::Health));
+    }
     proxy.resolve().await;
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone(), admin.clone()));
+    tokio::spawn(watch_signals(shutdown.clone(), access_log));
+    let stop_accepting = CancellationToken::new();
+    {
+        let (drain, shutdown, stop, admin) = (
+            drain.clone(),
+            shutdown.clone(),
+            stop_accepting.clone(),
+            admin.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = drain.cancelled() => {},
+                _ = shutdown.cancelled() => {},
+            }
+            admin.set_phase(Phase::Draining);
+            stop.cancel();
+        });
+    }
     admin.set_phase(Phase::Ready);
     info!(listeners = config.listeners.len(), "ready");
-    proxy.serve(bound, shutdown, config.drain_timeout.0).await;
+    proxy
+        .serve(bound, stop_accepting, config.drain_timeout.0)
+        .await;
+    if !shutdown.is_cancelled() {
+        info!("drained; waiting for /shutdown or a signal to exit");
+        shutdown.cancelled().await;
+    }
     info!("exiting");
     ExitCode::SUCCESS
 }
 
-/// Starts draining on the first SIGTERM or SIGINT; a second one exits at once.
-async fn watch_signals(shutdown: CancellationToken, admin: std::sync::Arc<Admin>) {
+/// SIGTERM or SIGINT: drain and exit (a second one exits at once). SIGUSR1: reopen the access log.
+async fn watch_signals(shutdown: CancellationToken, access_log: Option<AccessLog>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (
+    let (mut term, mut int, mut usr1) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::user_defined1()),
     ) {
-        (Ok(t), Ok(i)) => (t, i),
-        (Err(e), _) | (_, Err(e)) => {
+        (Ok(t), Ok(i), Ok(u)) => (t, i, u),
+        (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => {
             error!("cannot install signal handlers: {e}");
             return;
         }
     };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: draining"),
-        _ = int.recv() => info!("SIGINT: draining"),
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM"),
+            _ = int.recv() => info!("SIGINT"),
+            _ = usr1.recv() => {
+                info!("SIGUSR1: reopening the access log");
+                if let Some(l) = &access_log {
+                    l.reopen();
+                }
+                continue;
+            }
+        }
+        if draining {
+            warn!("second signal: exiting without waiting for the drain");
+            std::process::exit(i32::from(EXIT_RUNTIME));
+        }
+        info!("draining");
+        draining = true;
+        shutdown.cancel();
     }
-    admin.set_phase(Phase::Draining);
-    shutdown.cancel();
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
-    warn!("second signal: exiting without waiting for the drain");
-    std::process::exit(i32::from(EXIT_RUNTIME));
 }

@@ -26,6 +26,29 @@ pub enum ProxyError {
 // === impl ProxyError ===
 
 impl ProxyError {
+    /// Every reason, in [`ProxyError::index`] order.
+    pub const ALL: [ProxyError; 4] = [
+        Self::NoRoute,
+        Self::NoHealthyEndpoint,
+        Self::ConnectFailure,
+        Self::UpstreamReset,
+    ];
+
+    /// The position in [`ProxyError::ALL`], for per-reason counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The access log's response flag (Envoy's short codes where Envoy has one).
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::NoRoute => "NR",
+            Self::NoHealthyEndpoint => "NH",
+            Self::ConnectFailure => "UF",
+            Self::UpstreamReset => "UR",
+        }
+    }
+
     /// Classifies an error of the pooled HTTP client.
     pub fn from_client(err: &hyper_util::client::legacy::Error) -> Self {
         if err.is_connect() {
@@ -81,6 +104,7 @@ mod tests {
             let rsp = e.into_response();
             assert_eq!(rsp.status().as_u16(), status);
             assert_eq!(rsp.headers()[&ERROR_HEADER], reason);
+            assert_eq!(ProxyError::ALL[e.index()], e);
         }
     }
 }

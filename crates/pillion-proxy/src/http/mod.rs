@@ -3,24 +3,52 @@
 mod body;
 mod error;
 pub mod headers;
+pub mod ids;
+mod log;
 mod router;
 
-pub use self::body::ProxyBody;
+pub use self::body::{ProxyBody, RequestBody};
 pub use self::error::{ProxyError, ERROR_HEADER};
 pub use self::router::{Route, RouteTable};
 
-use self::router::Target;
+use self::{log::PendingLog, router::Target};
 use http::{uri, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use pillion_telemetry::access_log::{AccessLog, Entry};
+use prometheus_client::metrics::counter::Counter;
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+/// What every request on one listener shares.
+#[derive(Debug)]
+pub struct HttpListener {
+    /// The listener's name.
+    pub name: Arc<str>,
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    /// Keep or generate `x-request-id`.
+    pub request_id: bool,
+    /// Keep or start a W3C trace.
+    pub trace_context: bool,
+    /// The access log, when on.
+    pub access_log: Option<AccessLog>,
+    /// Proxy-generated responses by reason, indexed like [`ProxyError::ALL`].
+    pub proxy_responses: [Counter; 4],
+}
+
 /// What every request on one downstream connection shares.
 #[derive(Debug)]
 pub struct ConnCtx {
+    /// The listener.
+    pub listener: Arc<HttpListener>,
     /// The route table in force when the connection was accepted.
     pub table: Arc<RouteTable>,
     /// The downstream peer.
@@ -29,29 +57,103 @@ pub struct ConnCtx {
     pub tasks: TaskTracker,
 }
 
+/// What happened upstream, for the access log.
+#[derive(Debug, Default)]
+struct Upstream {
+    host: Option<SocketAddr>,
+    service_time: Option<Duration>,
+}
+
 /// Handles one request: route, forward, and map any failure to a response.
 pub async fn handle(
     ctx: Arc<ConnCtx>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
-    let Some(route) = ctx.table.route(&req) else {
-        let rsp = ProxyError::NoRoute.into_response();
-        ctx.table
-            .no_route
-            .record(rsp.status().as_u16(), start.elapsed());
-        return Ok(rsp);
+    let l = &*ctx.listener;
+    let ids = ids::apply(req.headers_mut(), l.request_id, l.trace_context);
+    let mut log = l
+        .access_log
+        .as_ref()
+        .map(|log| Box::new(PendingLog::new(log.clone(), entry(&ctx, &req, &ids), start)));
+
+    let route = ctx.table.route(&req);
+    let target = route.map(|r| (r, r.target()));
+    let mut upstream = Upstream::default();
+    let result = match target {
+        None => Err(ProxyError::NoRoute),
+        Some((route, target)) => {
+            let received = log.as_ref().map(|l| l.received.clone());
+            forward(&ctx, route, target, req, received, &mut upstream).await
+        }
     };
-    let target = route.target();
-    let rsp = match forward(&ctx, route, target, req).await {
+    let mut rsp = match result {
         Ok(rsp) => rsp,
         Err(e) => {
-            debug!(route = route.name(), cluster = target.cluster.name(), error = %e, "proxy error");
+            debug!(listener = %l.name, route = ?route.map(Route::name), error = %e, "proxy error");
+            l.proxy_responses[e.index()].inc();
+            if let Some(log) = log.as_mut() {
+                log.entry.response_flags = e.flag();
+            }
             e.into_response()
         }
     };
-    target.stats.record(rsp.status().as_u16(), start.elapsed());
+    let status = rsp.status().as_u16();
+    match target {
+        Some((_, t)) => t.stats.record(status, start.elapsed()),
+        None => ctx.table.no_route.record(status, start.elapsed()),
+    }
+    if let Some(id) = ids.request_id {
+        rsp.headers_mut().insert(ids::X_REQUEST_ID, id);
+    }
+    if let Some(mut log) = log {
+        let e = &mut log.entry;
+        e.status = Some(status);
+        e.route = route.map(|r| r.name_arc());
+        e.cluster = target.map(|(_, t)| t.cluster.name_arc());
+        e.upstream_host = upstream.host;
+        e.upstream_service_time = upstream.service_time;
+        rsp.body_mut().set_log(log);
+    }
     Ok(rsp)
+}
+
+/// The start of a request's access-log line.
+fn entry(ctx: &ConnCtx, req: &Request<Incoming>, ids: &ids::Ids) -> Entry {
+    let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    });
+    Entry {
+        start_time: Some(SystemTime::now()),
+        listener: ctx.listener.name.clone(),
+        direction: ctx.listener.direction,
+        method: Some(req.method().as_str().to_owned()),
+        authority: authority.map(str::to_owned),
+        path: Some(
+            req.uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+        ),
+        protocol: match req.version() {
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        response_flags: "-",
+        downstream_address: Some(ctx.client),
+        request_id: ids
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        trace_id: ids
+            .trace_id
+            .map(|t| String::from_utf8_lossy(&t).into_owned()),
+        ..Entry::default()
+    }
 }
 
 async fn forward(
@@ -59,9 +161,12 @@ async fn forward(
     route: &Route,
     target: &Target,
     mut req: Request<Incoming>,
+    received: Option<Arc<std::sync::atomic::AtomicU64>>,
+    upstream: &mut Upstream,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let cluster = &target.cluster;
     let ep = cluster.pick().ok_or(ProxyError::NoHealthyEndpoint)?;
+    upstream.host = Some(ep.addr);
 
     let upgrade = match req.version() {
         http::Version::HTTP_11 => headers::upgrade_request(req.headers()),
@@ -97,7 +202,7 @@ async fn forward(
 
     let mut uri = uri::Parts::default();
     uri.scheme = Some(uri::Scheme::HTTP);
-    uri.authority = Some(ep.authority);
+    uri.authority = Some(ep.authority.clone());
     uri.path_and_query = Some(
         parts
             .uri
@@ -108,13 +213,27 @@ async fn forward(
     // NOTE: scheme, authority and path are all set, so the parts always form a valid URI.
     parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::UpstreamReset)?;
 
-    let mut rsp = client
-        .request(Request::from_parts(parts, body))
-        .await
-        .map_err(|e| {
+    cluster.upstream_stats().requests.inc();
+    let sent = Instant::now();
+    let result = client
+        .request(Request::from_parts(parts, RequestBody::new(body, received)))
+        .await;
+    let elapsed = sent.elapsed();
+    upstream.service_time = Some(elapsed);
+    let mut rsp = match result {
+        Ok(rsp) => rsp,
+        Err(e) => {
             debug!(endpoint = %ep.addr, error = %e, "upstream request failed");
-            ProxyError::from_client(&e)
-        })?;
+            let err = ProxyError::from_client(&e);
+            if let Some(s) = &ep.stats {
+                s.record(err.status().as_u16(), elapsed);
+            }
+            return Err(err);
+        }
+    };
+    if let Some(s) = &ep.stats {
+        s.record(rsp.status().as_u16(), elapsed);
+    }
 
     if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         if let Some(downstream) = downstream_upgrade {

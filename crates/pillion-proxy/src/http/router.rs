@@ -236,6 +236,11 @@ impl Route {
         &self.name
     }
 
+    /// The route's name, shared.
+    pub fn name_arc(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
     /// Picks the target for one request (weighted at random for a split).
     pub fn target(&self) -> &Target {
         match &self.targets {
@@ -291,12 +296,12 @@ mod tests {
             "listeners:\n  - name: l\n    address: 127.0.0.1:1\n    protocol: http\n    routes:\n{routes}\nclusters:\n  - {{name: a, endpoints: [127.0.0.1:1]}}\n  - {{name: b, endpoints: [127.0.0.1:2]}}\n  - {{name: c, endpoints: [127.0.0.1:3]}}\n"
         );
         let cfg = Config::load(&text, "t").unwrap();
+        let metrics = std::sync::Arc::new(Metrics::register(&mut Registry::default()));
         let clusters = cfg
             .clusters
             .iter()
-            .map(|c| (c.name.clone(), Cluster::new(c)))
+            .map(|c| (c.name.clone(), Cluster::new(c, &metrics)))
             .collect();
-        let metrics = Metrics::register(&mut Registry::default());
         RouteTable::compile(&cfg.listeners[0], &clusters, &metrics, "inbound").unwrap()
     }
 

@@ -1,0 +1,121 @@
+//! Upstream connections: a connector wrapper that counts connections opened, failed and active.
+
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use pillion_telemetry::UpstreamStats;
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+/// Wraps a connector `C` so every connection it makes is counted.
+#[derive(Clone, Debug)]
+pub struct Counted<C> {
+    inner: C,
+    stats: UpstreamStats,
+}
+
+/// A connection whose end decrements the active gauge.
+#[derive(Debug)]
+pub struct CountedConn<T> {
+    io: T,
+    stats: UpstreamStats,
+}
+
+// === impl Counted ===
+
+impl<C> Counted<C> {
+    /// Counts the connections `inner` makes into `stats`.
+    pub fn new(inner: C, stats: UpstreamStats) -> Self {
+        Self { inner, stats }
+    }
+}
+
+impl<C> tower::Service<http::Uri> for Counted<C>
+where
+    C: tower::Service<http::Uri>,
+    C::Future: Send + 'static,
+{
+    type Response = CountedConn<C::Response>;
+    type Error = C::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        // NOTE: boxed, but only once per new connection, never per request.
+        let connecting = self.inner.call(uri);
+        let stats = self.stats.clone();
+        Box::pin(async move {
+            match connecting.await {
+                Ok(io) => {
+                    stats.cx_opened.inc();
+                    stats.cx_active.inc();
+                    Ok(CountedConn { io, stats })
+                }
+                Err(e) => {
+                    stats.cx_failed.inc();
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+// === impl CountedConn ===
+
+impl<T> Drop for CountedConn<T> {
+    fn drop(&mut self) {
+        self.stats.cx_active.dec();
+    }
+}
+
+impl<T: Connection> Connection for CountedConn<T> {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
+impl<T: Read + Unpin> Read for CountedConn<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: Write + Unpin> Write for CountedConn<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}

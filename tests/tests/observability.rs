@@ -1,0 +1,437 @@
+//! Observability: the metric catalogue counted exactly after a known mix of traffic (read with a
+//! real Prometheus text-format parser), access-log lines, request ids and trace context.
+
+use http::StatusCode;
+use pillion_tests::upstream::Upstream;
+use pillion_tests::{client, eventually, free_addr, Echo, H1Client, Proxy};
+use prometheus_parse::{Scrape, Value};
+use std::{net::SocketAddr, path::Path};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A TCP upstream that echoes every byte until the client half-closes.
+async fn tcp_echo() -> Upstream {
+    Upstream::tcp(|mut tcp| async move {
+        let (mut r, mut w) = tcp.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+    .await
+}
+
+fn config(
+    http: SocketAddr,
+    tcp: SocketAddr,
+    app: SocketAddr,
+    raw: SocketAddr,
+    extra: &str,
+) -> String {
+    let closed = free_addr();
+    format!(
+        r#"{extra}
+listeners:
+  - name: web
+    address: {http}
+    protocol: http
+    cluster: app
+    routes:
+      - name: dead
+        match: {{ prefix: /dead }}
+        cluster: dead
+  - name: raw
+    address: {tcp}
+    protocol: tcp
+    cluster: raw
+clusters:
+  - name: app
+    endpoints: [{app}]
+    endpoint_metrics: true
+  - name: dead
+    endpoints: [{closed}]
+  - name: raw
+    endpoints: [{raw}]
+"#
+    )
+}
+
+fn scrape(text: &str) -> Scrape {
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("valid Prometheus text format")
+}
+
+/// The value of the one sample of `name` whose labels include all of `labels`.
+fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<f64> = s
+        .samples
+        .iter()
+        .filter(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match &x.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            other => panic!("{name}: not a scalar: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{name}{labels:?}: want one sample, got {found:?}"
+    );
+    found[0]
+}
+
+async fn tcp_roundtrip(addr: SocketAddr, n: usize) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&vec![b'x'; n]).await.expect("write");
+    s.shutdown().await.expect("shutdown");
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.expect("read");
+    assert_eq!(back.len(), n);
+}
+
+#[tokio::test]
+async fn metrics_count_a_known_mix_of_traffic_exactly() {
+    let echo = Echo::start().await;
+    let raw = tcp_echo().await;
+    let (http, tcp) = (free_addr(), free_addr());
+    let proxy = Proxy::start(&config(http, tcp, echo.addr(), raw.addr(), "")).await;
+
+    let mut c = H1Client::connect(http).await;
+    for _ in 0..5 {
+        assert_eq!(c.get("http://svc/ok").await.status, StatusCode::OK);
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            c.get("http://svc/missing?status=404").await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+    for _ in 0..2 {
+        let r = c.get("http://svc/dead").await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    }
+    tcp_roundtrip(tcp, 1000).await;
+
+    // TCP metrics land when the relay closes; poll until they do.
+    proxy
+        .wait_metric(
+            "pillion_tcp_connections_closed_total",
+            &[("listener", "raw")],
+            1.0,
+        )
+        .await;
+    let text = proxy.admin_get("/metrics").await.text();
+    let s = scrape(&text);
+    let web = [("direction", "inbound"), ("listener", "web")];
+    let req = |extra: &[(&'static str, &'static str)]| {
+        let mut l = web.to_vec();
+        l.extend_from_slice(extra);
+        value(&s, "pillion_http_requests_total", &l)
+    };
+    assert_eq!(
+        req(&[
+            ("route", "default"),
+            ("cluster", "app"),
+            ("status_code", "200"),
+            ("status_class", "2xx")
+        ]),
+        5.0
+    );
+    assert_eq!(
+        req(&[
+            ("route", "default"),
+            ("cluster", "app"),
+            ("status_code", "404"),
+            ("status_class", "4xx")
+        ]),
+        3.0
+    );
+    assert_eq!(
+        req(&[
+            ("route", "dead"),
+            ("cluster", "dead"),
+            ("status_code", "502"),
+            ("status_class", "5xx")
+        ]),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "pillion_http_proxy_responses_total",
+            &[("listener", "web"), ("reason", "upstream-connect-failure")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "pillion_upstream_connections_failed_total",
+            &[("cluster", "dead")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(&s, "pillion_upstream_requests_total", &[("cluster", "app")]),
+        8.0
+    );
+    let opened = value(
+        &s,
+        "pillion_upstream_connections_opened_total",
+        &[("cluster", "app")],
+    );
+    assert!(
+        (1.0..=2.0).contains(&opened),
+        "pooled: {opened} connections for 8 requests"
+    );
+    assert_eq!(
+        value(
+            &s,
+            "pillion_upstream_connections_active",
+            &[("cluster", "app")]
+        ),
+        opened
+    );
+    let ep = echo.addr().to_string();
+    assert_eq!(
+        value(
+            &s,
+            "pillion_endpoint_requests_total",
+            &[
+                ("cluster", "app"),
+                ("endpoint", ep.as_str()),
+                ("status_class", "2xx")
+            ]
+        ),
+        5.0
+    );
+    // The histogram counts every request of the route.
+    let hist = s
+        .samples
+        .iter()
+        .find(|x| {
+            x.metric == "pillion_http_request_duration_seconds"
+                && x.labels.get("route") == Some("default")
+        })
+        .expect("duration histogram");
+    match &hist.value {
+        Value::Histogram(buckets) => {
+            let inf = buckets
+                .iter()
+                .find(|b| b.less_than.is_infinite())
+                .expect("+Inf bucket");
+            assert_eq!(inf.count, 8.0);
+        }
+        other => panic!("not a histogram: {other:?}"),
+    }
+    let tcp_l = [("listener", "raw"), ("cluster", "raw")];
+    assert_eq!(
+        value(&s, "pillion_tcp_connections_opened_total", &tcp_l),
+        1.0
+    );
+    assert_eq!(value(&s, "pillion_tcp_connections_active", &tcp_l), 0.0);
+    assert_eq!(value(&s, "pillion_tcp_rx_bytes_total", &tcp_l), 1000.0);
+    assert_eq!(value(&s, "pillion_tcp_tx_bytes_total", &tcp_l), 1000.0);
+    // Process and build metrics.
+    assert!(value(&s, "pillion_process_resident_memory_bytes", &[]) > 1e6);
+    assert!(value(&s, "pillion_process_open_fds", &[]) > 3.0);
+    assert!(value(&s, "pillion_process_start_time_seconds", &[]) > 1.6e9);
+    assert_eq!(
+        value(
+            &s,
+            "pillion_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+}
+
+fn read_json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn access_log_has_one_json_line_per_request_and_connection() {
+    let echo = Echo::start().await;
+    let raw = tcp_echo().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let (http, tcp) = (free_addr(), free_addr());
+    let extra = format!("access_log:\n  path: {}\n", log.display());
+    let _proxy = Proxy::start(&config(http, tcp, echo.addr(), raw.addr(), &extra)).await;
+
+    let mut c = H1Client::connect(http).await;
+    let ok = c
+        .request(
+            client::req("POST", "http://svc/ok?q=1")
+                .header("x-request-id", "req-123")
+                .header(
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                )
+                .body(client::full(vec![b'a'; 300]))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(
+        c.get("http://svc/dead").await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    tcp_roundtrip(tcp, 777).await;
+
+    let lines = eventually("three access-log lines", || {
+        let lines = read_json_lines(&log);
+        async move { (lines.len() >= 3).then_some(lines) }
+    })
+    .await;
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    let find = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        lines
+            .iter()
+            .find(|l| pred(l))
+            .cloned()
+            .unwrap_or_else(|| panic!("no such line in {lines:#?}"))
+    };
+    let first = find(&|l| l["path"] == "/ok?q=1");
+    assert_eq!(first["method"], "POST");
+    assert_eq!(first["authority"], "svc");
+    assert_eq!(first["protocol"], "HTTP/1.1");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["response_flags"], "-");
+    assert_eq!(first["listener"], "web");
+    assert_eq!(first["route"], "default");
+    assert_eq!(first["cluster"], "app");
+    assert_eq!(first["bytes_received"], 300);
+    assert_eq!(first["bytes_sent"].as_u64(), Some(ok.body.len() as u64));
+    assert_eq!(first["upstream_host"], echo.addr().to_string());
+    assert_eq!(first["request_id"], "req-123");
+    assert_eq!(first["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert!(
+        first["upstream_service_time_ms"].as_f64().is_some(),
+        "{first}"
+    );
+    assert!(first["duration_ms"].as_f64().is_some(), "{first}");
+    assert!(
+        first["start_time"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{first}"
+    );
+    assert!(first.get("peer_identity").is_some(), "{first}");
+
+    let dead = find(&|l| l["path"] == "/dead");
+    assert_eq!(dead["status"], 502);
+    assert_eq!(dead["response_flags"], "UF");
+    assert_eq!(dead["cluster"], "dead");
+
+    let conn = find(&|l| l["protocol"] == "TCP");
+    assert_eq!(conn["listener"], "raw");
+    assert_eq!(conn["bytes_received"], 777);
+    assert_eq!(conn["bytes_sent"], 777);
+    assert_eq!(conn["upstream_host"], raw.addr().to_string());
+    assert_eq!(conn["status"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn a_slow_access_log_sink_drops_lines_never_requests() {
+    let echo = Echo::start().await;
+    let raw = tcp_echo().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A FIFO whose reader never reads: once the pipe buffer (64 KiB) is full, the writer blocks.
+    let fifo = dir.path().join("slow.log");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    // O_NONBLOCK (0o4000 on Linux) so opening the read end does not wait for a writer.
+    use std::os::unix::fs::OpenOptionsExt;
+    let _reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(0o4000)
+        .open(&fifo)
+        .expect("open fifo");
+    let (http, tcp) = (free_addr(), free_addr());
+    let extra = format!("access_log:\n  path: {}\n  buffer: 8\n", fifo.display());
+    let proxy = Proxy::start(&config(http, tcp, echo.addr(), raw.addr(), &extra)).await;
+
+    let mut c = H1Client::connect(http).await;
+    let padding = "p".repeat(2000);
+    for i in 0..200 {
+        let r = c.get(&format!("http://svc/r/{i}?{padding}")).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}");
+    }
+    let m = proxy.metrics().await;
+    assert!(
+        m.sum("pillion_access_log_dropped_total", &[]) > 0.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.sum("pillion_http_requests_total", &[("status_class", "2xx")]),
+        200.0
+    );
+}
+
+#[tokio::test]
+async fn request_ids_and_trace_context() {
+    let echo = Echo::start().await;
+    let raw = tcp_echo().await;
+    let (http, tcp) = (free_addr(), free_addr());
+    let _proxy = Proxy::start(&config(http, tcp, echo.addr(), raw.addr(), "")).await;
+    let mut c = H1Client::connect(http).await;
+
+    // Generated: a UUID v4, forwarded upstream and returned to the client.
+    let r = c.get("http://svc/a").await;
+    let id = r
+        .header("x-request-id")
+        .expect("x-request-id on the response")
+        .to_owned();
+    let seen = r.echo();
+    assert_eq!(seen.header("x-request-id"), Some(id.as_str()));
+    assert_eq!(id.len(), 36, "{id}");
+    assert_eq!(&id[14..15], "4", "{id}");
+    // A new trace is started.
+    let tp = seen.header("traceparent").expect("traceparent started");
+    assert_eq!(tp.len(), 55, "{tp}");
+    assert!(tp.starts_with("00-"), "{tp}");
+
+    // Kept: the incoming id, and the trace id with a new parent id; tracestate untouched.
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = c
+        .request(
+            client::req("GET", "http://svc/b")
+                .header("x-request-id", "from-client")
+                .header("traceparent", incoming)
+                .header("tracestate", "congo=t61rcWkgMzE")
+                .body(client::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(r.header("x-request-id"), Some("from-client"));
+    let seen = r.echo();
+    assert_eq!(seen.header("x-request-id"), Some("from-client"));
+    let tp = seen.header("traceparent").expect("traceparent");
+    assert_eq!(&tp[..36], &incoming[..36], "same version and trace id");
+    assert_ne!(&tp[36..52], &incoming[36..52], "a new parent id");
+    assert_eq!(&tp[52..], "-01");
+    assert_eq!(seen.header("tracestate"), Some("congo=t61rcWkgMzE"));
+}
+
+#[tokio::test]
+async fn request_ids_and_tracing_can_be_turned_off() {
+    let echo = Echo::start().await;
+    let http = free_addr();
+    let _proxy = Proxy::start(&format!(
+        "listeners:\n  - name: in\n    address: {http}\n    protocol: http\n    request_id: false\n    trace_context: false\n    cluster: app\nclusters:\n  - name: app\n    endpoints: [{}]\n",
+        echo.addr()
+    ))
+    .await;
+    let mut c = H1Client::connect(http).await;
+    let r = c.get("http://svc/a").await;
+    assert_eq!(r.header("x-request-id"), None);
+    let seen = r.echo();
+    assert_eq!(seen.header("x-request-id"), None);
+    assert_eq!(seen.header("traceparent"), None);
+}
