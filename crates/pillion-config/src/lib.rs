@@ -9,12 +9,14 @@ mod error;
 mod load;
 mod locate;
 mod model;
+mod resilience;
 mod tls;
 mod validate;
 mod value;
 
 pub use self::error::{ConfigError, ConfigErrors};
 pub use self::model::*;
+pub use self::resilience::*;
 pub use self::tls::*;
 pub use self::value::{Duration, Endpoint, HostPattern};
 

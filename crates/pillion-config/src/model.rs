@@ -1,12 +1,13 @@
 //! The configuration model: plain structs read from YAML, with their defaults.
 
+use crate::resilience::*;
 use crate::tls::{AuthzRule, ClusterTls, ListenerTls};
 use crate::value::{opt_socket_addr, socket_addr, Duration, Endpoint, HostPattern};
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, net::SocketAddr};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The admin endpoint (`/ready`, `/metrics`, ...).
@@ -58,7 +59,7 @@ pub struct Admin {
 }
 
 /// One port Pillion accepts traffic on.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     /// Unique name, used in logs and metric labels.
@@ -75,6 +76,15 @@ pub struct Listener {
     /// With `auto`: a client that sends nothing for this long is relayed as opaque TCP.
     #[serde(default = "defaults::detect_timeout")]
     pub detect_timeout: Duration,
+    /// Close a downstream connection idle this long.
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: Duration,
+    /// Cut off an HTTP/1 client that has not sent its whole request head within this.
+    #[serde(default = "defaults::header_timeout")]
+    pub header_timeout: Duration,
+    /// A rate limit over every HTTP request on this listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
     /// Keep or generate `x-request-id` on every request and return it on the response.
     #[serde(default = "defaults::yes")]
     pub request_id: bool,
@@ -120,7 +130,7 @@ pub enum Protocol {
 }
 
 /// An HTTP route: a match and where matching requests go.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Name used in metric labels; defaults to the route's index in its listener.
@@ -141,6 +151,18 @@ pub struct Route {
     /// Headers added to or removed from the response before it goes back.
     #[serde(default, skip_serializing_if = "HeaderRewrite::is_empty")]
     pub response_headers: HeaderRewrite,
+    /// The time the whole request may take, retries included; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Retry policy; no retries when absent (but see the transparent retry in the reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// A rate limit on this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Fault injection on this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
     /// Authorization policy for this route (on top of the listener's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authz: Option<Vec<AuthzRule>>,
@@ -198,7 +220,7 @@ pub struct HeaderRewrite {
 }
 
 /// A named group of upstream endpoints.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     /// Unique name, referenced by listeners and routes.
@@ -214,6 +236,24 @@ pub struct Cluster {
     /// How often DNS endpoints are resolved again.
     #[serde(default = "defaults::dns_refresh")]
     pub dns_refresh: Duration,
+    /// How an endpoint is picked.
+    #[serde(default)]
+    pub balancer: Balancer,
+    /// How long an idle pooled connection is kept (below common app keep-alive settings).
+    #[serde(default = "defaults::upstream_idle_timeout")]
+    pub idle_timeout: Duration,
+    /// Circuit breaking.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The retry budget shared by every route sending to this cluster.
+    #[serde(default)]
+    pub retry_budget: RetryBudget,
+    /// Outlier detection; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Active health checks; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
     /// Export requests, errors and latency per endpoint (one label set per endpoint address).
     #[serde(default)]
     pub endpoint_metrics: bool,
@@ -300,6 +340,18 @@ pub mod defaults {
     /// `listeners[].detect_timeout`.
     pub fn detect_timeout() -> Duration {
         Duration::from_millis(500)
+    }
+    /// `listeners[].idle_timeout`.
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(3600)
+    }
+    /// `listeners[].header_timeout`.
+    pub fn header_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    /// `clusters[].idle_timeout`.
+    pub fn upstream_idle_timeout() -> Duration {
+        Duration::from_secs(4)
     }
     /// `clusters[].connect_timeout`.
     pub fn connect_timeout() -> Duration {

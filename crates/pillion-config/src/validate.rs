@@ -1,6 +1,6 @@
 //! Semantic checks that serde cannot make: references, uniqueness, exclusive keys.
 
-use crate::{locate::Locations, model::*, ConfigError, ConfigErrors};
+use crate::{locate::Locations, model::*, resilience::RateLimit, ConfigError, ConfigErrors};
 use std::{collections::HashSet, net::SocketAddr};
 
 /// Collects errors with their locations.
@@ -59,6 +59,16 @@ impl Config {
                     "expected a duration above 0",
                 );
             }
+            cl.check_resilience(c, &at);
+            // NOTE: refused until the data path enforces them, so no config is silently ignored.
+            if cl.outlier_detection.is_some()
+                || cl.health_check.is_some()
+                || cl.balancer != crate::Balancer::RoundRobin
+                || cl.limits != crate::Limits::default()
+                || cl.retry_budget != crate::RetryBudget::default()
+            {
+                c.error(&at, "balancers, limits, retry budgets, outlier detection and health checks are not supported by this build yet");
+            }
             if cl.dns_refresh.0 < std::time::Duration::from_millis(100) {
                 c.error(&format!("{at}.dns_refresh"), "expected at least 100ms");
             }
@@ -84,6 +94,15 @@ impl Config {
                 );
             }
             bound.push((l.address, format!("{at}.address")));
+            for (key, d) in [("idle_timeout", l.idle_timeout), ("header_timeout", l.header_timeout)] {
+                if d.0.is_zero() {
+                    c.error(&format!("{at}.{key}"), "expected a duration above 0");
+                }
+            }
+            if let Some(rl) = &l.rate_limit {
+                rl.check(c, &format!("{at}.rate_limit"));
+                c.error(&format!("{at}.rate_limit"), "rate limits are not supported by this build yet");
+            }
             if l.detect_timeout.0.is_zero() {
                 c.error(
                     &format!("{at}.detect_timeout"),
@@ -162,6 +181,39 @@ impl Route {
                 "expected `cluster` or `split`: where matching requests go",
             ),
         }
+        if self.timeout.is_some() || self.retry.is_some() || self.rate_limit.is_some() || self.fault.is_some() {
+            c.error(at, "route timeouts, retries, rate limits and faults are not supported by this build yet");
+        }
+        if self.timeout.is_some_and(|t| t.0.is_zero()) {
+            c.error(&format!("{at}.timeout"), "expected a duration above 0 (leave it out for none)");
+        }
+        if let Some(r) = &self.retry {
+            let rat = format!("{at}.retry");
+            if r.on.is_empty() {
+                c.error(&format!("{rat}.on"), "expected at least one retry condition");
+            }
+            if r.per_try_timeout.is_some_and(|t| t.0.is_zero()) {
+                c.error(&format!("{rat}.per_try_timeout"), "expected a duration above 0");
+            }
+            if r.backoff.base > r.backoff.max {
+                c.error(&format!("{rat}.backoff"), "expected base <= max");
+            }
+        }
+        if let Some(rl) = &self.rate_limit {
+            rl.check(c, &format!("{at}.rate_limit"));
+        }
+        if let Some(f) = &self.fault {
+            let fat = format!("{at}.fault");
+            if let Some(d) = &f.delay {
+                percent(c, &format!("{fat}.delay.percent"), d.percent);
+            }
+            if let Some(a) = &f.abort {
+                percent(c, &format!("{fat}.abort.percent"), a.percent);
+                if !(200..=599).contains(&a.status) {
+                    c.error(&format!("{fat}.abort.status"), format!("expected a status from 200 to 599, got {}", a.status));
+                }
+            }
+        }
         let m = &self.matches;
         if m.path.is_some() && m.prefix.is_some() {
             c.error(
@@ -198,6 +250,71 @@ impl Route {
                 c.header_name(&format!("{at}.{key}.remove[{k}]"), name);
             }
         }
+    }
+}
+
+impl Cluster {
+    fn check_resilience(&self, c: &mut Checker<'_>, at: &str) {
+        let l = &self.limits;
+        for (key, v) in [
+            ("max_connections", l.max_connections),
+            ("max_pending", l.max_pending),
+            ("max_requests", l.max_requests),
+            ("max_retries", l.max_retries),
+        ] {
+            if v == 0 {
+                c.error(&format!("{at}.limits.{key}"), "expected at least 1");
+            }
+        }
+        if self.idle_timeout.0.is_zero() {
+            c.error(&format!("{at}.idle_timeout"), "expected a duration above 0");
+        }
+        let b = &self.retry_budget;
+        if !(b.ratio >= 0.0 && b.ratio <= 1000.0) {
+            c.error(&format!("{at}.retry_budget.ratio"), "expected a number from 0 up");
+        }
+        if let Some(o) = &self.outlier_detection {
+            if o.max_ejection_percent > 100 {
+                c.error(&format!("{at}.outlier_detection.max_ejection_percent"), "expected 0 to 100");
+            }
+            if o.base_ejection_time.0.is_zero() || o.base_ejection_time > o.max_ejection_time {
+                c.error(
+                    &format!("{at}.outlier_detection.base_ejection_time"),
+                    "expected a duration above 0 and at most max_ejection_time",
+                );
+            }
+        }
+        if let Some(h) = &self.health_check {
+            let hat = format!("{at}.health_check");
+            if let Some(p) = &h.http_path {
+                if !p.starts_with('/') {
+                    c.error(&format!("{hat}.http_path"), format!("expected a path starting with `/`, got `{p}`"));
+                }
+            }
+            if h.interval.0.is_zero() || h.timeout.0.is_zero() {
+                c.error(&hat, "expected interval and timeout above 0");
+            }
+            if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
+                c.error(&hat, "expected thresholds of at least 1");
+            }
+        }
+    }
+}
+
+impl RateLimit {
+    fn check(&self, c: &mut Checker<'_>, at: &str) {
+        if !(self.rps > 0.0 && self.rps.is_finite()) {
+            c.error(&format!("{at}.rps"), "expected a rate above 0");
+        }
+        if self.burst == Some(0) {
+            c.error(&format!("{at}.burst"), "expected at least 1");
+        }
+    }
+}
+
+fn percent(c: &mut Checker<'_>, path: &str, p: f64) {
+    if !(0.0..=100.0).contains(&p) {
+        c.error(path, format!("expected a percentage from 0 to 100, got {p}"));
     }
 }
 

@@ -28,9 +28,10 @@ pub struct EchoArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Status of every response (overridden by `?status=`).
-    #[arg(long, default_value_t = 200)]
-    status: u16,
+    /// Status of every response, or `CODE:PERCENT` for a share of them (`503:30`); overridden
+    /// by `?status=`.
+    #[arg(long, default_value = "200")]
+    status: String,
     /// Response body size in bytes; 0 answers with the JSON echo (overridden by `?size=`).
     #[arg(long, default_value_t = 0)]
     body_size: u64,
@@ -46,6 +47,8 @@ pub struct EchoArgs {
 #[derive(Debug, Clone)]
 pub struct Defaults {
     status: StatusCode,
+    /// With `status`: the share of requests that get it (the rest get 200).
+    status_percent: f64,
     body_size: u64,
     delay: std::time::Duration,
     name: HeaderValue,
@@ -58,6 +61,7 @@ impl Defaults {
     pub fn named(name: &str) -> Self {
         Self {
             status: StatusCode::OK,
+            status_percent: 100.0,
             body_size: 0,
             delay: std::time::Duration::ZERO,
             name: HeaderValue::from_str(name).unwrap_or(HeaderValue::from_static("echo")),
@@ -67,9 +71,9 @@ impl Defaults {
 
 /// `pillion echo`.
 pub fn main(args: EchoArgs) -> ExitCode {
-    let Ok(status) = StatusCode::from_u16(args.status) else {
+    let Some((status, status_percent)) = parse_status(&args.status) else {
         eprintln!(
-            "error: --status {}: expected a status code from 100 to 999",
+            "error: --status {}: expected a status code (100 to 999) or CODE:PERCENT like 503:30",
             args.status
         );
         return ExitCode::from(2);
@@ -81,6 +85,7 @@ pub fn main(args: EchoArgs) -> ExitCode {
     };
     let defaults = Defaults {
         status,
+        status_percent,
         body_size: args.body_size,
         delay: args.delay.0,
         name,
@@ -131,11 +136,35 @@ pub async fn serve(listener: TcpListener, defaults: Defaults) {
     }
 }
 
+/// `503` or `503:30` (503 for 30% of requests).
+fn parse_status(v: &str) -> Option<(StatusCode, f64)> {
+    let (code, pct) = match v.split_once(':') {
+        Some((c, p)) => (
+            c,
+            p.parse::<f64>()
+                .ok()
+                .filter(|p| (0.0..=100.0).contains(p))?,
+        ),
+        None => (v, 100.0),
+    };
+    let code = StatusCode::from_u16(code.parse().ok()?).ok()?;
+    Some((code, pct))
+}
+
+/// `status` for `percent` of requests, 200 for the rest.
+fn roll(status: StatusCode, percent: f64) -> StatusCode {
+    if percent >= 100.0 || fastrand::f64() * 100.0 < percent {
+        status
+    } else {
+        StatusCode::OK
+    }
+}
+
 async fn handle(
     d: Arc<Defaults>,
     req: Request<Incoming>,
 ) -> Result<Response<EchoBody>, Infallible> {
-    let mut status = d.status;
+    let mut status = roll(d.status, d.status_percent);
     let mut size = d.body_size;
     let mut delay = d.delay;
     for (k, v) in req
@@ -147,18 +176,8 @@ async fn handle(
     {
         match k {
             "status" => {
-                let (code, pct) = match v.split_once(':') {
-                    Some((c, p)) => (c, p.parse::<f64>().unwrap_or(100.0)),
-                    None => (v, 100.0),
-                };
-                let code = code
-                    .parse::<u16>()
-                    .ok()
-                    .and_then(|c| StatusCode::from_u16(c).ok());
-                if let Some(s) = code {
-                    if fastrand::f64() * 100.0 < pct {
-                        status = s;
-                    }
+                if let Some((s, pct)) = parse_status(v) {
+                    status = roll(s, pct);
                 }
             }
             "size" => size = v.parse().unwrap_or(size),

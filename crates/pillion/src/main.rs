@@ -27,6 +27,8 @@ enum Command {
     Echo(echo::EchoArgs),
     /// Run the echo app on 127.0.0.1:8080 and the sidecar with the default config in front of it.
     Demo(run::LogArgs),
+    /// Create a development CA and workload certificates with SPIFFE identities.
+    Cert(pillion_tls::cert::CertArgs),
     /// Load-test an HTTP server: closed loop (as fast as responses come) or open loop (--rate).
     Bench(pillion_load::BenchArgs),
 }
@@ -39,5 +41,6 @@ fn main() -> ExitCode {
         Command::Echo(args) => echo::main(args),
         Command::Demo(log) => run::demo(log),
         Command::Bench(args) => pillion_load::main(args),
+        Command::Cert(args) => pillion_tls::cert::main(args),
     }
 }

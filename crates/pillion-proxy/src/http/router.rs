@@ -96,6 +96,10 @@ impl RouteTable {
                 split: Vec::new(),
                 request_headers: Default::default(),
                 response_headers: Default::default(),
+                timeout: None,
+                retry: None,
+                rate_limit: None,
+                fault: None,
                 authz: None,
             };
             routes.push(Route::compile(

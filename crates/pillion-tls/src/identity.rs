@@ -1,0 +1,123 @@
+//! Identities in certificates (SPIFFE URI SAN, DNS SAN) and identity patterns.
+
+use std::sync::Arc;
+use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
+
+/// What Pillion reads from a leaf certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LeafInfo {
+    /// The first URI SAN that is a SPIFFE ID.
+    pub(crate) spiffe_id: Option<String>,
+    /// The first DNS SAN.
+    pub(crate) first_dns: Option<String>,
+    /// The end of the validity period, in Unix seconds.
+    pub(crate) not_after: i64,
+}
+
+/// An accepted identity: exact, or a prefix when written with a trailing `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum IdentityPattern {
+    Exact(Box<str>),
+    Prefix(Box<str>),
+}
+
+/// Parses a DER certificate and reads its identities and expiry.
+pub(crate) fn parse_leaf(der: &[u8]) -> Result<LeafInfo, String> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| format!("invalid certificate: {e}"))?;
+    let mut info = LeafInfo {
+        spiffe_id: None,
+        first_dns: None,
+        not_after: cert.validity().not_after.timestamp(),
+    };
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("invalid subjectAltName: {e}"))?;
+    for name in san.iter().flat_map(|san| san.value.general_names.iter()) {
+        match name {
+            GeneralName::URI(uri) if info.spiffe_id.is_none() && is_spiffe(uri) => {
+                info.spiffe_id = Some((*uri).to_owned());
+            }
+            GeneralName::DNSName(dns) if info.first_dns.is_none() => {
+                info.first_dns = Some((*dns).to_owned());
+            }
+            _ => {}
+        }
+    }
+    Ok(info)
+}
+
+/// The identity of a peer certificate: its SPIFFE ID, else its first DNS SAN.
+pub(crate) fn peer_identity(der: &[u8]) -> Option<Arc<str>> {
+    let info = parse_leaf(der).ok()?;
+    info.spiffe_id.or(info.first_dns).map(Arc::from)
+}
+
+/// The end of a certificate's validity period, in Unix seconds.
+pub(crate) fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+fn is_spiffe(uri: &str) -> bool {
+    uri.len() > "spiffe://".len()
+        && uri
+            .get(..9)
+            .is_some_and(|s| s.eq_ignore_ascii_case("spiffe://"))
+}
+
+// === impl IdentityPattern ===
+
+impl IdentityPattern {
+    /// Parses `spiffe://td/ns/a/sa/b` (exact) or `spiffe://td/ns/a/*` (prefix).
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("an identity must not be empty".into());
+        }
+        match s.strip_suffix('*') {
+            Some(prefix) if prefix.contains('*') => Err(format!(
+                "identity `{s}`: `*` is only allowed once, at the end"
+            )),
+            Some(prefix) => Ok(Self::Prefix(prefix.into())),
+            None if s.contains('*') => {
+                Err(format!("identity `{s}`: `*` is only allowed at the end"))
+            }
+            None => Ok(Self::Exact(s.into())),
+        }
+    }
+
+    /// Whether `id` is this identity (or starts with this prefix).
+    pub(crate) fn matches(&self, id: &str) -> bool {
+        match self {
+            Self::Exact(e) => **e == *id,
+            Self::Prefix(p) => id.starts_with(&**p),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let exact = IdentityPattern::parse("spiffe://td/ns/a/sa/b").unwrap();
+        assert!(exact.matches("spiffe://td/ns/a/sa/b"));
+        assert!(!exact.matches("spiffe://td/ns/a/sa/bc"));
+        let prefix = IdentityPattern::parse("spiffe://td/ns/a/*").unwrap();
+        assert!(prefix.matches("spiffe://td/ns/a/sa/b"));
+        assert!(!prefix.matches("spiffe://td/ns/ab/sa/b"));
+        assert!(IdentityPattern::parse("*").unwrap().matches("anything"));
+        assert!(IdentityPattern::parse("").is_err());
+        assert!(IdentityPattern::parse("spiffe://*/ns").is_err());
+        assert!(IdentityPattern::parse("spiffe://*/ns/*").is_err());
+    }
+
+    #[test]
+    fn spiffe_scheme() {
+        assert!(is_spiffe("spiffe://td/x"));
+        assert!(is_spiffe("SPIFFE://td/x"));
+        assert!(!is_spiffe("spiffe://"));
+        assert!(!is_spiffe("https://td/x"));
+    }
+}

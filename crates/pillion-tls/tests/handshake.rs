@@ -1,0 +1,474 @@
+//! Real handshakes between `ServerTls` and `ClientTls` over 127.0.0.1 with generated certs.
+#![allow(clippy::unwrap_used)] // helpers outside #[test] functions fail the test loudly
+
+mod common;
+
+use common::*;
+use pillion_tls::{
+    cert::Validity, ClientTls, HandshakeFailure, ServerTls, TlsError, TlsMetrics, PROTOCOL_VERSIONS,
+};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Setup {
+    pki: Pki,
+    server: TestServer,
+    metrics: TlsMetrics,
+    registry: Registry,
+}
+
+/// A listener presenting `server`'s identity and trusting `pki`'s CA.
+async fn setup() -> Setup {
+    let pki = Pki::new();
+    let (cert, key) = pki.workload("server", &id("server"));
+    let mut registry = Registry::default();
+    let metrics = TlsMetrics::register(&mut registry);
+    let tls = ServerTls::new(
+        "inbound",
+        &listener_tls(&cert, &key, &[pki.ca_path()]),
+        &metrics,
+    )
+    .unwrap();
+    let server = TestServer::start(tls).await;
+    Setup {
+        pki,
+        server,
+        metrics,
+        registry,
+    }
+}
+
+fn client(s: &Setup, stem: &str, identities: &[&str], h2: bool) -> Arc<ClientTls> {
+    let (cert, key) = s.pki.workload(stem, &id(stem));
+    let cfg = cluster_tls(Some((&cert, &key)), &[s.pki.ca_path()], identities);
+    ClientTls::new(stem, &cfg, h2, &s.metrics).unwrap()
+}
+
+#[tokio::test]
+async fn mtls_ok_identity_and_alpn() {
+    let mut s = setup().await;
+    let c = client(&s, "web", &[&id("server")], true);
+    let mut stream = c
+        .connect(s.server.tcp().await, s.server.ip())
+        .await
+        .unwrap();
+    let peer = s.server.next().await.unwrap();
+    assert_eq!(peer.identity.as_deref(), Some(id("web").as_str()));
+    assert!(peer.alpn_h2);
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(server_identity(&stream), Some(id("server")));
+    assert_eq!(
+        stream.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+
+    // Data flows both ways.
+    stream.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(STEP, stream.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+
+    // Without h2, ALPN picks http/1.1.
+    let c = client(&s, "api", &["spiffe://td.test/ns/default/*"], false);
+    let stream = c
+        .connect(s.server.tcp().await, s.server.ip())
+        .await
+        .unwrap();
+    let peer = s.server.next().await.unwrap();
+    assert_eq!(peer.identity.as_deref(), Some(id("api").as_str()));
+    assert!(!peer.alpn_h2);
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+
+    let ok = |side: &str, name: &str| {
+        sample(
+            &s.registry,
+            &[
+                "pillion_tls_handshakes_total{",
+                &format!("name=\"{name}\""),
+                &format!("side=\"{side}\""),
+                "result=\"ok\"",
+            ],
+        )
+    };
+    assert_eq!(ok("server", "inbound"), Some(2.0));
+    assert_eq!(ok("client", "web"), Some(1.0));
+    assert!(sample(
+        &s.registry,
+        &[
+            "certificate_expiry_timestamp_seconds{",
+            "name=\"inbound\"",
+            "kind=\"cert\""
+        ]
+    )
+    .is_some_and(|t| t > 1.7e9));
+    assert!(sample(
+        &s.registry,
+        &[
+            "certificate_expiry_timestamp_seconds{",
+            "name=\"inbound\"",
+            "kind=\"ca\""
+        ]
+    )
+    .is_some_and(|t| t > 1.7e9));
+}
+
+/// Runs a client handshake that the server must reject, and returns the server's reason.
+async fn server_rejects(s: &mut Setup, c: &ClientTls) -> HandshakeFailure {
+    // In TLS 1.3 the client may finish before the server has checked its certificate, so
+    // only the server's verdict is asserted; the stream is held until it is known.
+    let _stream = c.connect(s.server.tcp().await, s.server.ip()).await;
+    let err = s.server.next().await.unwrap_err();
+    err.handshake_failure()
+        .unwrap_or_else(|| panic!("not a handshake failure: {err}"))
+}
+
+#[tokio::test]
+async fn client_cert_from_another_ca_rejected() {
+    let mut s = setup().await;
+    let other = Pki::new();
+    let (cert, key) = other.workload("intruder", &id("web"));
+    // It trusts the right CA for the server, but its own cert is from another CA.
+    let cfg = cluster_tls(Some((&cert, &key)), &[s.pki.ca_path()], &[&id("server")]);
+    let c = ClientTls::new("intruder", &cfg, false, &s.metrics).unwrap();
+    assert_eq!(
+        server_rejects(&mut s, &c).await,
+        HandshakeFailure::UnknownCa
+    );
+    assert_eq!(
+        sample(
+            &s.registry,
+            &[
+                "handshakes_total{",
+                "side=\"server\"",
+                "result=\"unknown_ca\""
+            ]
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn expired_client_cert_rejected() {
+    let mut s = setup().await;
+    let (cert, key) = s.pki.workload_with("old", &id("web"), Validity::Expired);
+    let cfg = cluster_tls(Some((&cert, &key)), &[s.pki.ca_path()], &[&id("server")]);
+    let c = ClientTls::new("old", &cfg, false, &s.metrics).unwrap();
+    assert_eq!(
+        server_rejects(&mut s, &c).await,
+        HandshakeFailure::CertExpired
+    );
+}
+
+#[tokio::test]
+async fn no_client_cert_rejected() {
+    let mut s = setup().await;
+    let cfg = cluster_tls(None, &[s.pki.ca_path()], &[&id("server")]);
+    let c = ClientTls::new("anonymous", &cfg, false, &s.metrics).unwrap();
+    assert_eq!(
+        server_rejects(&mut s, &c).await,
+        HandshakeFailure::NoClientCert
+    );
+    assert_eq!(
+        sample(
+            &s.registry,
+            &[
+                "handshakes_total{",
+                "side=\"server\"",
+                "result=\"no_client_cert\""
+            ]
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn only_tls12_and_tls13() {
+    assert_eq!(PROTOCOL_VERSIONS.len(), 2);
+    assert!(PROTOCOL_VERSIONS.iter().all(|v| matches!(
+        v.version,
+        rustls::ProtocolVersion::TLSv1_2 | rustls::ProtocolVersion::TLSv1_3
+    )));
+
+    let mut s = setup().await;
+
+    // The client offers exactly TLS 1.3 and 1.2 (read from its ClientHello).
+    let c = client(&s, "web", &[], false);
+    let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = raw.local_addr().unwrap();
+    let connecting = tokio::spawn(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = c.connect(tcp, addr.ip()).await;
+    });
+    let (mut peer, _) = tokio::time::timeout(STEP, raw.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut header = [0u8; 5];
+    peer.read_exact(&mut header).await.unwrap();
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes([header[3], header[4]]))];
+    peer.read_exact(&mut body).await.unwrap();
+    assert_eq!(offered_versions(&body), vec![0x0304, 0x0303]);
+    drop(peer);
+    let _ = tokio::time::timeout(STEP, connecting).await;
+
+    // A TLS 1.1 ClientHello (no supported_versions extension) is refused by the server.
+    let mut hello = vec![
+        0x01, 0x00, 0x00, 0x00, // ClientHello, length patched below
+        0x03, 0x02, // client_version TLS 1.1
+    ];
+    hello.extend_from_slice(&[7u8; 32]); // random
+    hello.extend_from_slice(&[0x00]); // session id
+    hello.extend_from_slice(&[0x00, 0x04, 0x00, 0x2f, 0x00, 0x35]); // AES-CBC-SHA suites
+    hello.extend_from_slice(&[0x01, 0x00]); // null compression
+    let body_len = hello.len() - 4;
+    hello[3] = u8::try_from(body_len).unwrap();
+    let mut record = vec![0x16, 0x03, 0x02, 0x00, u8::try_from(hello.len()).unwrap()];
+    record.extend_from_slice(&hello);
+    assert!(pillion_tls::is_client_hello(&record));
+    let mut tcp = s.server.tcp().await;
+    tcp.write_all(&record).await.unwrap();
+    let err = s.server.next().await.unwrap_err();
+    assert_eq!(
+        err.handshake_failure(),
+        Some(HandshakeFailure::Incompatible),
+        "{err}"
+    );
+
+    // A TLS 1.2-only client is served.
+    let (cert, key) = s.pki.workload("tls12", &id("tls12"));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pem_certs(&s.pki.ca_path()).remove(0)).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(pem_certs(&cert), pem_key(&key))
+    .unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("server.td.test".try_into().unwrap(), s.server.tcp().await)
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let peer = s.server.next().await.unwrap();
+    assert_eq!(peer.identity.as_deref(), Some(id("tls12").as_str()));
+}
+
+/// The versions in the supported_versions extension of a ClientHello handshake message.
+fn offered_versions(hello: &[u8]) -> Vec<u16> {
+    let u16_at = |i: usize| usize::from(u16::from_be_bytes([hello[i], hello[i + 1]]));
+    assert_eq!(hello[0], 0x01, "a ClientHello");
+    let mut i = 4 + 2 + 32; // header, legacy version, random
+    i += 1 + usize::from(hello[i]); // session id
+    i += 2 + u16_at(i); // cipher suites
+    i += 1 + usize::from(hello[i]); // compression methods
+    let end = i + 2 + u16_at(i);
+    i += 2;
+    while i < end {
+        let (ty, len) = (u16_at(i), u16_at(i + 2));
+        if ty == 0x002b {
+            let list = &hello[i + 5..i + 5 + usize::from(hello[i + 4])];
+            return list
+                .chunks(2)
+                .map(|v| u16::from_be_bytes([v[0], v[1]]))
+                .filter(|v| v & 0x0f0f != 0x0a0a) // GREASE
+                .collect();
+        }
+        i += 4 + len;
+    }
+    panic!("no supported_versions extension");
+}
+
+fn pem_certs(path: &std::path::Path) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn pem_key(path: &std::path::Path) -> rustls::pki_types::PrivateKeyDer<'static> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::PrivateKeyDer::from_pem_file(path).unwrap()
+}
+
+#[tokio::test]
+async fn server_identity_mismatch_names_both() {
+    let mut s = setup().await;
+    let c = client(
+        &s,
+        "web",
+        &[
+            "spiffe://td.test/ns/default/sa/db",
+            "spiffe://td.test/ns/prod/*",
+        ],
+        false,
+    );
+    let err = c
+        .connect(s.server.tcp().await, s.server.ip())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, TlsError::IdentityMismatch(_)), "{err:?}");
+    assert_eq!(
+        msg,
+        format!(
+            "server identity {} is not one of [spiffe://td.test/ns/default/sa/db, spiffe://td.test/ns/prod/*]",
+            id("server")
+        )
+    );
+    // The server sees the client's rejection as an alert.
+    let server_err = s.server.next().await.unwrap_err();
+    assert_eq!(
+        server_err.handshake_failure(),
+        Some(HandshakeFailure::PeerAlert)
+    );
+    assert_eq!(
+        sample(
+            &s.registry,
+            &[
+                "handshakes_total{",
+                "name=\"web\"",
+                "result=\"identity_mismatch\""
+            ]
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn hostname_verification_without_identities() {
+    let mut s = setup().await;
+    let (cert, key) = s.pki.workload("web", &id("web"));
+    let mut cfg = cluster_tls(Some((&cert, &key)), &[s.pki.ca_path()], &[]);
+
+    // No `sni`: the endpoint IP is verified (the cert has IP SAN 127.0.0.1).
+    let c = ClientTls::new("by-ip", &cfg, false, &s.metrics).unwrap();
+    c.connect(s.server.tcp().await, s.server.ip())
+        .await
+        .unwrap();
+    s.server.next().await.unwrap();
+
+    cfg.sni = Some("server.td.test".into());
+    let c = ClientTls::new("by-name", &cfg, false, &s.metrics).unwrap();
+    c.connect(s.server.tcp().await, s.server.ip())
+        .await
+        .unwrap();
+    s.server.next().await.unwrap();
+
+    cfg.sni = Some("other.td.test".into());
+    let c = ClientTls::new("wrong-name", &cfg, false, &s.metrics).unwrap();
+    let err = c
+        .connect(s.server.tcp().await, s.server.ip())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.handshake_failure(),
+        Some(HandshakeFailure::BadName),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn server_from_untrusted_ca_rejected_by_client() {
+    let mut s = setup().await;
+    let other = Pki::new();
+    let (cert, key) = s.pki.workload("web", &id("web"));
+    let cfg = cluster_tls(Some((&cert, &key)), &[other.ca_path()], &[&id("server")]);
+    let c = ClientTls::new("web", &cfg, false, &s.metrics).unwrap();
+    let err = c
+        .connect(s.server.tcp().await, s.server.ip())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.handshake_failure(),
+        Some(HandshakeFailure::UnknownCa),
+        "{err}"
+    );
+    let _ = s.server.next().await;
+}
+
+#[tokio::test]
+async fn several_ca_bundles() {
+    let a = Pki::new();
+    let b = Pki::new();
+    let (cert, key) = a.workload("server", &id("server"));
+    let metrics = TlsMetrics::default();
+    let tls = ServerTls::new(
+        "inbound",
+        &listener_tls(&cert, &key, &[a.ca_path(), b.ca_path()]),
+        &metrics,
+    )
+    .unwrap();
+    let mut server = TestServer::start(tls).await;
+    for pki in [&a, &b] {
+        let (cert, key) = pki.workload("client", &id("client"));
+        let cfg = cluster_tls(Some((&cert, &key)), &[a.ca_path()], &[&id("server")]);
+        let c = ClientTls::new("c", &cfg, false, &metrics).unwrap();
+        let _stream = c.connect(server.tcp().await, server.ip()).await.unwrap();
+        assert_eq!(
+            server.next().await.unwrap().identity.as_deref(),
+            Some(id("client").as_str())
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_files_are_reported_with_their_path() {
+    let pki = Pki::new();
+    let metrics = TlsMetrics::default();
+    let (cert, key) = pki.workload("server", &id("server"));
+    let (_, other_key) = pki.workload("other", &id("other"));
+
+    let err = ServerTls::new(
+        "l",
+        &listener_tls(&cert, &other_key, &[pki.ca_path()]),
+        &metrics,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("other-key.pem"), "{err}");
+    assert!(err.contains("does not match the certificate"), "{err}");
+
+    let garbage = pki.path("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let err = ServerTls::new(
+        "l",
+        &listener_tls(&garbage, &key, &[pki.ca_path()]),
+        &metrics,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("garbage.pem: no certificate found"), "{err}");
+
+    let missing = pki.path("missing.pem");
+    let err = ServerTls::new("l", &listener_tls(&cert, &key, &[missing]), &metrics)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("missing.pem: cannot read"), "{err}");
+
+    let err = ServerTls::new("l", &listener_tls(&cert, &key, &[]), &metrics)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at least one `ca`"), "{err}");
+
+    let mut cfg = cluster_tls(Some((&cert, &key)), &[pki.ca_path()], &[]);
+    cfg.key = None;
+    let err = ClientTls::new("c", &cfg, false, &metrics)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("go together"), "{err}");
+    let cfg = cluster_tls(None, &[pki.ca_path()], &["spiffe://*/x"]);
+    let err = ClientTls::new("c", &cfg, false, &metrics)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("only allowed at the end"), "{err}");
+}
