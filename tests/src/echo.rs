@@ -79,3 +79,42 @@ impl EchoSeen {
         self.headers.get(name).map(String::as_str)
     }
 }
+
+// === impl Echo (extra flags, killing) ===
+
+impl Echo {
+    /// An echo server named `name` started with extra `pillion echo` flags, for example
+    /// `&["--status", "503:30"]` or `&["--delay", "20ms"]`.
+    pub async fn start_with_args(name: &str, args: &[&str]) -> Self {
+        let addr = free_addr();
+        let dir = TempDir::new().expect("tempdir");
+        let mut cmd = Command::new(pillion_bin());
+        cmd.arg("echo")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--name")
+            .arg(name)
+            .args(args);
+        let child = ChildGuard::spawn(
+            &format!("pillion echo {name} {}", args.join(" ")),
+            cmd,
+            &dir.path().join("echo.log"),
+        );
+        wait_for_port(addr, Duration::from_secs(20)).await;
+        Self {
+            addr,
+            _child: child,
+            _dir: dir,
+        }
+    }
+
+    /// The echo server's process id.
+    pub fn pid(&self) -> u32 {
+        self._child.pid()
+    }
+
+    /// Kills the echo server at once (SIGKILL by PID); the guard reaps it when dropped.
+    pub fn kill(&self) {
+        self._child.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+}

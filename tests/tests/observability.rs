@@ -207,6 +207,7 @@ async fn metrics_count_a_known_mix_of_traffic_exactly() {
         .iter()
         .find(|x| {
             x.metric == "pillion_http_request_duration_seconds"
+                && x.labels.get("listener") == Some("web")
                 && x.labels.get("route") == Some("default")
         })
         .expect("duration histogram");

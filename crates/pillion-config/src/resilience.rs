@@ -281,7 +281,11 @@ pub mod resilience_defaults {
         2
     }
     pub fn retry_on() -> Vec<super::RetryOn> {
-        vec![super::RetryOn::ConnectFailure, super::RetryOn::RefusedStream, super::RetryOn::GatewayError]
+        vec![
+            super::RetryOn::ConnectFailure,
+            super::RetryOn::RefusedStream,
+            super::RetryOn::GatewayError,
+        ]
     }
     pub fn retry_buffer() -> usize {
         64 * 1024

@@ -60,15 +60,6 @@ impl Config {
                 );
             }
             cl.check_resilience(c, &at);
-            // NOTE: refused until the data path enforces them, so no config is silently ignored.
-            if cl.outlier_detection.is_some()
-                || cl.health_check.is_some()
-                || cl.balancer != crate::Balancer::RoundRobin
-                || cl.limits != crate::Limits::default()
-                || cl.retry_budget != crate::RetryBudget::default()
-            {
-                c.error(&at, "balancers, limits, retry budgets, outlier detection and health checks are not supported by this build yet");
-            }
             if cl.dns_refresh.0 < std::time::Duration::from_millis(100) {
                 c.error(&format!("{at}.dns_refresh"), "expected at least 100ms");
             }
@@ -94,14 +85,16 @@ impl Config {
                 );
             }
             bound.push((l.address, format!("{at}.address")));
-            for (key, d) in [("idle_timeout", l.idle_timeout), ("header_timeout", l.header_timeout)] {
+            for (key, d) in [
+                ("idle_timeout", l.idle_timeout),
+                ("header_timeout", l.header_timeout),
+            ] {
                 if d.0.is_zero() {
                     c.error(&format!("{at}.{key}"), "expected a duration above 0");
                 }
             }
             if let Some(rl) = &l.rate_limit {
                 rl.check(c, &format!("{at}.rate_limit"));
-                c.error(&format!("{at}.rate_limit"), "rate limits are not supported by this build yet");
             }
             if l.detect_timeout.0.is_zero() {
                 c.error(
@@ -181,19 +174,25 @@ impl Route {
                 "expected `cluster` or `split`: where matching requests go",
             ),
         }
-        if self.timeout.is_some() || self.retry.is_some() || self.rate_limit.is_some() || self.fault.is_some() {
-            c.error(at, "route timeouts, retries, rate limits and faults are not supported by this build yet");
-        }
         if self.timeout.is_some_and(|t| t.0.is_zero()) {
-            c.error(&format!("{at}.timeout"), "expected a duration above 0 (leave it out for none)");
+            c.error(
+                &format!("{at}.timeout"),
+                "expected a duration above 0 (leave it out for none)",
+            );
         }
         if let Some(r) = &self.retry {
             let rat = format!("{at}.retry");
             if r.on.is_empty() {
-                c.error(&format!("{rat}.on"), "expected at least one retry condition");
+                c.error(
+                    &format!("{rat}.on"),
+                    "expected at least one retry condition",
+                );
             }
             if r.per_try_timeout.is_some_and(|t| t.0.is_zero()) {
-                c.error(&format!("{rat}.per_try_timeout"), "expected a duration above 0");
+                c.error(
+                    &format!("{rat}.per_try_timeout"),
+                    "expected a duration above 0",
+                );
             }
             if r.backoff.base > r.backoff.max {
                 c.error(&format!("{rat}.backoff"), "expected base <= max");
@@ -210,7 +209,10 @@ impl Route {
             if let Some(a) = &f.abort {
                 percent(c, &format!("{fat}.abort.percent"), a.percent);
                 if !(200..=599).contains(&a.status) {
-                    c.error(&format!("{fat}.abort.status"), format!("expected a status from 200 to 599, got {}", a.status));
+                    c.error(
+                        &format!("{fat}.abort.status"),
+                        format!("expected a status from 200 to 599, got {}", a.status),
+                    );
                 }
             }
         }
@@ -271,11 +273,17 @@ impl Cluster {
         }
         let b = &self.retry_budget;
         if !(b.ratio >= 0.0 && b.ratio <= 1000.0) {
-            c.error(&format!("{at}.retry_budget.ratio"), "expected a number from 0 up");
+            c.error(
+                &format!("{at}.retry_budget.ratio"),
+                "expected a number from 0 up",
+            );
         }
         if let Some(o) = &self.outlier_detection {
             if o.max_ejection_percent > 100 {
-                c.error(&format!("{at}.outlier_detection.max_ejection_percent"), "expected 0 to 100");
+                c.error(
+                    &format!("{at}.outlier_detection.max_ejection_percent"),
+                    "expected 0 to 100",
+                );
             }
             if o.base_ejection_time.0.is_zero() || o.base_ejection_time > o.max_ejection_time {
                 c.error(
@@ -288,7 +296,10 @@ impl Cluster {
             let hat = format!("{at}.health_check");
             if let Some(p) = &h.http_path {
                 if !p.starts_with('/') {
-                    c.error(&format!("{hat}.http_path"), format!("expected a path starting with `/`, got `{p}`"));
+                    c.error(
+                        &format!("{hat}.http_path"),
+                        format!("expected a path starting with `/`, got `{p}`"),
+                    );
                 }
             }
             if h.interval.0.is_zero() || h.timeout.0.is_zero() {
@@ -314,7 +325,10 @@ impl RateLimit {
 
 fn percent(c: &mut Checker<'_>, path: &str, p: f64) {
     if !(0.0..=100.0).contains(&p) {
-        c.error(path, format!("expected a percentage from 0 to 100, got {p}"));
+        c.error(
+            path,
+            format!("expected a percentage from 0 to 100, got {p}"),
+        );
     }
 }
 

@@ -125,16 +125,20 @@ pub struct Transparent {
     /// Whether the transparent retry is made at all.
     pub enabled: bool,
     /// Also retry "connection closed before message completed" (the keep-alive race) of
-    /// non-idempotent methods. hyper cannot tell whether such a request was read by the upstream,
-    /// so by default it is retried for idempotent methods only.
+    /// idempotent methods. NOTE: off by default: hyper cannot tell whether such a request was
+    /// read by the upstream, and the transparent retry is only for requests nothing of which
+    /// was sent; a route's policy retries these with `reset`.
+    pub incomplete_message: bool,
+    /// With `incomplete_message`: retry non-idempotent methods too.
     pub incomplete_message_any_method: bool,
 }
 
 impl Default for Transparent {
-    /// Enabled; incomplete messages retried for idempotent methods only.
+    /// Enabled, for unsent requests only.
     fn default() -> Self {
         Self {
             enabled: true,
+            incomplete_message: false,
             incomplete_message_any_method: false,
         }
     }
@@ -533,7 +537,8 @@ fn decide<RB>(
             if t.enabled
                 && !transparent_used
                 && (error::is_unsent(&**e)
-                    || (error::is_incomplete_message(&**e)
+                    || (t.incomplete_message
+                        && error::is_incomplete_message(&**e)
                         && (idempotent || t.incomplete_message_any_method)))
             {
                 return Some(Why::Transparent);

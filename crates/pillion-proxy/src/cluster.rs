@@ -1,46 +1,65 @@
-//! Clusters: named groups of endpoints, their resolution, selection and pooled HTTP clients.
+//! Clusters: named groups of endpoints, their resolution, selection, limits and pooled clients.
 
 use crate::{connect::Counted, http::RequestBody};
 use arc_swap::ArcSwap;
-use http::uri::Authority;
+use http::{uri::Authority, Request, Response};
+use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioTimer},
 };
 use pillion_config as config;
+use pillion_layers::{
+    balance::{BalanceConfig, Balancer, ClusterSnapshot, EndpointSet, EndpointState},
+    health::{spawn_health_checks, EndpointSource, HealthCheckConfig, HealthCheckKind},
+    limit::{self, Counter},
+    outlier::{Outcome, OutlierConfig},
+    retry::{Budget, BudgetPolicy, ReplayBody},
+    BoxError,
+};
 use pillion_telemetry::{EndpointStats, Metrics, UpstreamStats};
 use std::{
+    collections::HashMap,
+    future::Future,
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Weak,
-    },
+    pin::Pin,
+    sync::{Arc, Weak},
+    task::{Context, Poll},
     time::Duration,
 };
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, time::Instant};
 use tracing::{debug, info, warn};
 
-/// How long an idle pooled upstream connection is kept. Below the 5s keep-alive of common app
-/// servers (Node.js, Go's default is longer), so the proxy drops a connection before the app does.
-const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
-
 /// The pooled HTTP client of a cluster.
-pub(crate) type HttpClient = Client<Counted<HttpConnector>, RequestBody>;
+pub(crate) type HttpClient = Client<Counted<HttpConnector>, ReplayBody<RequestBody>>;
 
 /// A named group of upstream endpoints.
 pub struct Cluster {
     name: Arc<str>,
     spec: Vec<config::Endpoint>,
-    endpoints: ArcSwap<Vec<Endpoint>>,
-    next: AtomicUsize,
+    resolved: ArcSwap<Resolved>,
     connect_timeout: Duration,
     dns_refresh: Duration,
     protocol: config::UpstreamProtocol,
+    health_check: Option<HealthCheckConfig>,
     h1: HttpClient,
     h2: HttpClient,
     upstream: UpstreamStats,
     /// Per-endpoint metrics, when the cluster opts in.
     endpoint_metrics: Option<Arc<Metrics>>,
+    /// Circuit breaking: requests in flight (each try counts).
+    pub max_requests: Counter,
+    /// Circuit breaking: retries in flight.
+    pub max_retries: Counter,
+    /// The retry budget shared by every route sending here.
+    pub budget: Arc<Budget>,
+    limits: [Counter; 2],
+}
+
+/// The endpoints in use: their live state, and what the data path needs of each address.
+struct Resolved {
+    set: EndpointSet,
+    meta: HashMap<SocketAddr, Endpoint>,
 }
 
 /// One resolved endpoint.
@@ -54,48 +73,127 @@ pub struct Endpoint {
     pub stats: Option<EndpointStats>,
 }
 
+/// The cluster had no endpoint at all (its DNS names resolved to nothing).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the cluster has no endpoint")]
+pub struct NoEndpoint;
+
+/// A request to an endpoint failed; names the endpoint for the access log.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream {addr}: {source}")]
+pub struct UpstreamError {
+    /// The endpoint.
+    pub addr: SocketAddr,
+    /// What failed.
+    #[source]
+    pub source: BoxError,
+}
+
+/// The endpoints a request has tried (a request extension on routes that retry), so that a retry
+/// goes to another endpoint when there is one, as Envoy's `previous_hosts` predicate does.
+#[derive(Debug, Clone, Default)]
+pub struct Tried(Arc<std::sync::Mutex<Vec<SocketAddr>>>);
+
+/// The endpoint a response came from (a response extension).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamHost(pub SocketAddr);
+
+/// Sends one try of a request to an endpoint of the cluster: the innermost service of a route.
+#[derive(Clone)]
+pub struct ClusterService {
+    cluster: Arc<Cluster>,
+}
+
 // === impl Cluster ===
 
 impl Cluster {
     /// Builds a cluster; static endpoints are usable at once, DNS ones after [`Cluster::resolve`].
     pub fn new(cfg: &config::Cluster, metrics: &Arc<Metrics>) -> Arc<Self> {
         let endpoint_metrics = cfg.endpoint_metrics.then(|| metrics.clone());
-        let statics = cfg
+        let statics: Vec<SocketAddr> = cfg
             .endpoints
             .iter()
             .filter_map(|e| match e {
-                config::Endpoint::Static(a) => {
-                    Endpoint::new(*a, &cfg.name, endpoint_metrics.as_deref())
-                }
+                config::Endpoint::Static(a) => Some(*a),
                 config::Endpoint::Dns { .. } => None,
             })
             .collect();
+        let balance = BalanceConfig {
+            balancer: match cfg.balancer {
+                config::Balancer::RoundRobin => Balancer::RoundRobin,
+                config::Balancer::Random => Balancer::Random,
+                config::Balancer::LeastRequest => Balancer::LeastRequest,
+                config::Balancer::Ewma => Balancer::PeakEwma,
+            },
+            ewma: Default::default(),
+            outlier: cfg.outlier_detection.map(|o| OutlierConfig {
+                consecutive_5xx: (o.consecutive_5xx > 0).then_some(o.consecutive_5xx),
+                consecutive_gateway_failure: (o.consecutive_gateway_failure > 0)
+                    .then_some(o.consecutive_gateway_failure),
+                base_ejection_time: o.base_ejection_time.0,
+                max_ejection_time: o.max_ejection_time.0,
+                max_ejection_percent: o.max_ejection_percent,
+            }),
+        };
+        let set = EndpointSet::new(cfg.name.as_str(), statics.iter().copied(), balance);
+        let meta = statics
+            .iter()
+            .filter_map(|a| Endpoint::new(*a, &cfg.name, endpoint_metrics.as_deref()))
+            .map(|e| (e.addr, e))
+            .collect();
         let upstream = metrics.upstream_stats(&cfg.name);
+        let l = &cfg.limits;
+        let max_connections = Counter::new(limit::MAX_CONNECTIONS, l.max_connections);
+        let max_pending = Counter::new(limit::MAX_PENDING, l.max_pending);
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.connect_timeout.0));
+        let counted = Counted::new(
+            connector,
+            upstream.clone(),
+            max_connections.clone(),
+            max_pending.clone(),
+        );
         let client = |h2: bool| {
             Client::builder(TokioExecutor::new())
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
-                .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
+                .pool_idle_timeout(cfg.idle_timeout.0)
                 .http2_only(h2)
                 .http2_initial_stream_window_size(1 << 20)
                 .http2_initial_connection_window_size(4 << 20)
-                .build(Counted::new(connector.clone(), upstream.clone()))
+                .build(counted.clone())
         };
+        let health_check = cfg.health_check.as_ref().map(|h| HealthCheckConfig {
+            kind: match &h.http_path {
+                Some(path) => HealthCheckKind::Http { path: path.clone() },
+                None => HealthCheckKind::Tcp,
+            },
+            interval: h.interval.0,
+            timeout: h.timeout.0,
+            healthy_threshold: h.healthy_threshold,
+            unhealthy_threshold: h.unhealthy_threshold,
+        });
         Arc::new(Self {
             name: cfg.name.as_str().into(),
             spec: cfg.endpoints.clone(),
-            endpoints: ArcSwap::from_pointee(statics),
-            next: AtomicUsize::new(0),
+            resolved: ArcSwap::from_pointee(Resolved { set, meta }),
             connect_timeout: cfg.connect_timeout.0,
             dns_refresh: cfg.dns_refresh.0,
             protocol: cfg.protocol,
+            health_check,
             h1: client(false),
             h2: client(true),
             upstream,
             endpoint_metrics,
+            max_requests: Counter::new(limit::MAX_REQUESTS, l.max_requests),
+            max_retries: Counter::new(limit::MAX_RETRIES, l.max_retries),
+            budget: Arc::new(Budget::new(BudgetPolicy {
+                ratio: cfg.retry_budget.ratio,
+                min_per_sec: cfg.retry_budget.min_per_sec,
+                window: Duration::from_secs(10),
+            })),
+            limits: [max_connections, max_pending],
         })
     }
 
@@ -114,6 +212,21 @@ impl Cluster {
         &self.upstream
     }
 
+    /// Every circuit-breaking counter, for metrics.
+    pub fn limit_counters(&self) -> [&Counter; 4] {
+        [
+            &self.max_requests,
+            &self.max_retries,
+            &self.limits[0],
+            &self.limits[1],
+        ]
+    }
+
+    /// A view of the endpoints and their state, for the admin endpoint and metrics.
+    pub fn snapshot(&self) -> ClusterSnapshot {
+        self.resolved.load().set.snapshot()
+    }
+
     /// Whether any endpoint is a DNS name.
     pub fn has_dns(&self) -> bool {
         self.spec
@@ -121,33 +234,44 @@ impl Cluster {
             .any(|e| matches!(e, config::Endpoint::Dns { .. }))
     }
 
-    /// Picks the next endpoint, round robin; `None` when the cluster has none.
-    pub fn pick(&self) -> Option<Endpoint> {
-        let eps = self.endpoints.load();
-        match eps.len() {
-            0 => None,
-            1 => Some(eps[0].clone()),
-            n => Some(eps[self.next.fetch_add(1, Ordering::Relaxed) % n].clone()),
-        }
+    /// Picks an endpoint for a TCP connection or an HTTP try; `None` when there is none.
+    pub fn pick(&self) -> Option<(pillion_layers::balance::Pick, Endpoint)> {
+        let r = self.resolved.load();
+        let pick = r.set.pick_or_panic()?;
+        let ep = r.meta.get(&pick.addr())?.clone();
+        Some((pick, ep))
     }
 
-    /// The HTTP client for a request of `version`.
-    pub(crate) fn http_client(&self, version: http::Version) -> (&HttpClient, http::Version) {
+    /// Like [`Cluster::pick`], but skips endpoints in `tried` while others are left (a few draws).
+    fn pick_untried(&self, tried: &Tried) -> Option<(pillion_layers::balance::Pick, Endpoint)> {
+        // NOTE: a per-request lock, held for a few comparisons; never shared between requests.
+        let Ok(mut tried) = tried.0.lock() else {
+            return self.pick();
+        };
+        let n = self.resolved.load().set.len();
+        let mut picked = self.pick()?;
+        for _ in 0..n.min(8) {
+            if !tried.contains(&picked.1.addr) {
+                break;
+            }
+            picked = self.pick()?;
+        }
+        tried.push(picked.1.addr);
+        Some(picked)
+    }
+
+    /// The HTTP version a request of `version` is sent with to this cluster.
+    pub(crate) fn upstream_version(&self, version: http::Version) -> http::Version {
         let h2 = match self.protocol {
             config::UpstreamProtocol::Http1 => false,
             config::UpstreamProtocol::Http2 => true,
             config::UpstreamProtocol::Auto => version == http::Version::HTTP_2,
         };
         if h2 {
-            (&self.h2, http::Version::HTTP_2)
+            http::Version::HTTP_2
         } else {
-            (&self.h1, http::Version::HTTP_11)
+            http::Version::HTTP_11
         }
-    }
-
-    /// The HTTP/1.1 client (for upgrades, which HTTP/2 cannot carry).
-    pub(crate) fn http1_client(&self) -> &HttpClient {
-        &self.h1
     }
 
     /// Opens a TCP connection to `ep` within the connect timeout.
@@ -164,50 +288,52 @@ impl Cluster {
     /// Resolves every endpoint now and publishes the result. A name that fails to resolve keeps
     /// its previous addresses, so a DNS hiccup does not empty a working cluster.
     pub async fn resolve(&self) {
-        let previous = self.endpoints.load_full();
+        let previous: Vec<SocketAddr> = self.endpoints();
         let mut next = Vec::with_capacity(self.spec.len());
         for e in &self.spec {
             match e {
-                config::Endpoint::Static(a) => next.extend(self.endpoint(*a, &previous)),
+                config::Endpoint::Static(a) => next.push(*a),
                 config::Endpoint::Dns { host, port } => {
                     let lookup = tokio::net::lookup_host((host.as_str(), *port));
                     match tokio::time::timeout(Duration::from_secs(5), lookup).await {
-                        Ok(Ok(addrs)) => {
-                            next.extend(addrs.filter_map(|a| self.endpoint(a, &previous)))
-                        }
+                        Ok(Ok(addrs)) => next.extend(addrs),
                         Ok(Err(err)) => {
                             warn!(cluster = %self.name, %host, %err, "DNS resolution failed");
-                            next.extend(
-                                previous.iter().filter(|p| p.addr.port() == *port).cloned(),
-                            );
+                            next.extend(previous.iter().filter(|p| p.port() == *port));
                         }
                         Err(_) => {
                             warn!(cluster = %self.name, %host, "DNS resolution timed out");
-                            next.extend(
-                                previous.iter().filter(|p| p.addr.port() == *port).cloned(),
-                            );
+                            next.extend(previous.iter().filter(|p| p.port() == *port));
                         }
                     }
                 }
             }
         }
-        next.sort_by_key(|e| e.addr);
-        next.dedup_by_key(|e| e.addr);
-        let changed = next.len() != previous.len()
-            || next
-                .iter()
-                .zip(previous.iter())
-                .any(|(a, b)| a.addr != b.addr);
-        if changed {
-            info!(cluster = %self.name, endpoints = ?next.iter().map(|e| e.addr).collect::<Vec<_>>(), "endpoints updated");
-            self.endpoints.store(Arc::new(next));
-        } else {
+        next.sort();
+        next.dedup();
+        if next == previous {
             debug!(cluster = %self.name, "endpoints unchanged");
+            return;
         }
+        info!(cluster = %self.name, endpoints = ?next, "endpoints updated");
+        let old = self.resolved.load();
+        let meta = next
+            .iter()
+            .filter_map(|a| match old.meta.get(a) {
+                Some(e) => Some(e.clone()),
+                None => Endpoint::new(*a, &self.name, self.endpoint_metrics.as_deref()),
+            })
+            .map(|e| (e.addr, e))
+            .collect();
+        let set = old.set.rebuild(next.iter().copied());
+        self.resolved.store(Arc::new(Resolved { set, meta }));
     }
 
-    /// Re-resolves DNS endpoints every `dns_refresh` until the cluster is dropped.
-    pub fn spawn_refresh(self: &Arc<Self>) {
+    /// Starts the background work: DNS refresh and health checks, until the cluster is dropped.
+    pub fn spawn_background(self: &Arc<Self>) {
+        if let Some(hc) = &self.health_check {
+            spawn_health_checks(Arc::downgrade(self), hc.clone());
+        }
         if !self.has_dns() {
             return;
         }
@@ -224,17 +350,73 @@ impl Cluster {
         });
     }
 
-    /// An endpoint for `addr`, reusing the one in `previous` (and so its metric handles).
-    fn endpoint(&self, addr: SocketAddr, previous: &[Endpoint]) -> Option<Endpoint> {
-        match previous.iter().find(|e| e.addr == addr) {
-            Some(e) => Some(e.clone()),
-            None => Endpoint::new(addr, &self.name, self.endpoint_metrics.as_deref()),
+    /// The endpoint addresses in use now, sorted.
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = self.resolved.load().meta.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// The service sending one try of a request to this cluster.
+    pub fn service(self: &Arc<Self>) -> ClusterService {
+        ClusterService {
+            cluster: self.clone(),
         }
     }
 
-    /// The endpoints in use now.
-    pub fn endpoints(&self) -> Vec<SocketAddr> {
-        self.endpoints.load().iter().map(|e| e.addr).collect()
+    /// Sends one try: picks an endpoint, points the request at it, and records the outcome.
+    async fn send(
+        &self,
+        mut req: Request<ReplayBody<RequestBody>>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        let (pick, ep) = match req.extensions().get::<Tried>() {
+            None => self.pick(),
+            Some(tried) => self.pick_untried(tried),
+        }
+        .ok_or(NoEndpoint)?;
+        let mut uri = std::mem::take(req.uri_mut()).into_parts();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(ep.authority.clone());
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        *req.uri_mut() = http::Uri::from_parts(uri)?;
+        let client = if req.version() == http::Version::HTTP_2 {
+            &self.h2
+        } else {
+            &self.h1
+        };
+        self.upstream.requests.inc();
+        let started = Instant::now();
+        let result = client.request(req).await;
+        let elapsed = started.elapsed();
+        match result {
+            Ok(mut rsp) => {
+                pick.record(elapsed, Outcome::from_status(rsp.status()));
+                if let Some(s) = &ep.stats {
+                    s.record(rsp.status().as_u16(), elapsed);
+                }
+                rsp.extensions_mut().insert(UpstreamHost(ep.addr));
+                Ok(rsp)
+            }
+            Err(e) => {
+                pick.record(elapsed, Outcome::GatewayError);
+                if let Some(s) = &ep.stats {
+                    s.record(502, elapsed);
+                }
+                debug!(cluster = %self.name, endpoint = %ep.addr, error = %e, "upstream request failed");
+                Err(Box::new(UpstreamError {
+                    addr: ep.addr,
+                    source: Box::new(e),
+                }))
+            }
+        }
+    }
+}
+
+impl EndpointSource for Cluster {
+    fn current_endpoints(&self) -> Vec<Arc<EndpointState>> {
+        self.resolved.load().set.endpoints().to_vec()
     }
 }
 
@@ -243,6 +425,23 @@ impl std::fmt::Debug for Cluster {
         f.debug_struct("Cluster")
             .field("name", &self.name)
             .finish_non_exhaustive()
+    }
+}
+
+// === impl ClusterService ===
+
+impl tower::Service<Request<ReplayBody<RequestBody>>> for ClusterService {
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReplayBody<RequestBody>>) -> Self::Future {
+        let cluster = self.cluster.clone();
+        Box::pin(async move { cluster.send(req).await })
     }
 }
 
@@ -275,7 +474,7 @@ mod tests {
     #[tokio::test]
     async fn round_robin_over_static_endpoints() {
         let c = cluster("[127.0.0.1:1, 127.0.0.1:2, 127.0.0.1:3]");
-        let ports: Vec<u16> = (0..6).map(|_| c.pick().unwrap().addr.port()).collect();
+        let ports: Vec<u16> = (0..6).map(|_| c.pick().unwrap().1.addr.port()).collect();
         assert_eq!(ports, [1, 2, 3, 1, 2, 3]);
     }
 
@@ -290,5 +489,6 @@ mod tests {
             eps.iter().all(|a| a.port() == 7 && a.ip().is_loopback()),
             "{eps:?}"
         );
+        assert!(c.pick().is_some());
     }
 }

@@ -1,7 +1,12 @@
-//! Upstream connections: a connector wrapper that counts connections opened, failed and active.
+//! Upstream connections: a connector wrapper that counts connections opened, failed and active,
+//! and enforces the cluster's `max_connections` and `max_pending` limits (failing fast).
 
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection};
+use pillion_layers::{
+    limit::{Counter, Permit},
+    BoxError,
+};
 use pillion_telemetry::UpstreamStats;
 use std::{
     future::Future,
@@ -15,21 +20,36 @@ use std::{
 pub struct Counted<C> {
     inner: C,
     stats: UpstreamStats,
+    /// Connections open or being opened.
+    max_connections: Counter,
+    /// Connections being opened: the requests waiting for one.
+    max_pending: Counter,
 }
 
-/// A connection whose end decrements the active gauge.
+/// A connection whose end decrements the active gauge and frees its `max_connections` slot.
 #[derive(Debug)]
 pub struct CountedConn<T> {
     io: T,
     stats: UpstreamStats,
+    _slot: Permit,
 }
 
 // === impl Counted ===
 
 impl<C> Counted<C> {
-    /// Counts the connections `inner` makes into `stats`.
-    pub fn new(inner: C, stats: UpstreamStats) -> Self {
-        Self { inner, stats }
+    /// Counts the connections `inner` makes into `stats`, within the two limits.
+    pub fn new(
+        inner: C,
+        stats: UpstreamStats,
+        max_connections: Counter,
+        max_pending: Counter,
+    ) -> Self {
+        Self {
+            inner,
+            stats,
+            max_connections,
+            max_pending,
+        }
     }
 }
 
@@ -37,29 +57,45 @@ impl<C> tower::Service<http::Uri> for Counted<C>
 where
     C: tower::Service<http::Uri>,
     C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
 {
     type Response = CountedConn<C::Response>;
-    type Error = C::Error;
+    type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         // NOTE: boxed, but only once per new connection, never per request.
+        let permits = self.max_connections.try_acquire().and_then(|slot| {
+            self.max_pending
+                .try_acquire()
+                .map(|pending| (slot, pending))
+        });
+        let (slot, pending) = match permits {
+            Ok(p) => p,
+            Err(overloaded) => return Box::pin(async move { Err(overloaded.into()) }),
+        };
         let connecting = self.inner.call(uri);
         let stats = self.stats.clone();
         Box::pin(async move {
-            match connecting.await {
+            let result = connecting.await;
+            drop(pending);
+            match result {
                 Ok(io) => {
                     stats.cx_opened.inc();
                     stats.cx_active.inc();
-                    Ok(CountedConn { io, stats })
+                    Ok(CountedConn {
+                        io,
+                        stats,
+                        _slot: slot,
+                    })
                 }
                 Err(e) => {
                     stats.cx_failed.inc();
-                    Err(e)
+                    Err(e.into())
                 }
             }
         })

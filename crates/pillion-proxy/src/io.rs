@@ -1,4 +1,5 @@
-//! I/O helpers: a stream with bytes already read put back in front of it, and byte counting.
+//! I/O helpers: a stream with bytes already read put back in front of it, byte counting, and
+//! idle detection.
 
 use bytes::{Buf, BytesMut};
 use prometheus_client::metrics::counter::Counter;
@@ -29,6 +30,95 @@ pin_project_lite::pin_project! {
         written: Counter,
         total_read: u64,
         total_written: u64,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Marks `touched` whenever bytes move, so an idle check can tell a quiet connection.
+    #[derive(Debug)]
+    pub struct IdleIo<I> {
+        #[pin]
+        io: I,
+        touched: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+}
+
+/// Resolves once the stream behind `touched` has moved no byte for at least `idle` (and at most
+/// twice that): a flag instead of a clock read keeps the data path free of syscalls.
+pub async fn idle(touched: &std::sync::atomic::AtomicBool, idle: std::time::Duration) {
+    use std::sync::atomic::Ordering;
+    loop {
+        tokio::time::sleep(idle).await;
+        if !touched.swap(false, Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
+// === impl IdleIo ===
+
+impl<I> IdleIo<I> {
+    /// Wraps `io`, setting `touched` on every read or write.
+    pub fn new(io: I, touched: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Self { io, touched }
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for IdleIo<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let res = this.io.poll_read(cx, buf);
+        if res.is_ready() {
+            this.touched
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        res
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for IdleIo<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let res = this.io.poll_write(cx, buf);
+        if res.is_ready() {
+            this.touched
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let res = this.io.poll_write_vectored(cx, bufs);
+        if res.is_ready() {
+            this.touched
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }
 
@@ -167,6 +257,16 @@ mod tests {
         let mut out = String::new();
         io.read_to_string(&mut out).await.unwrap();
         assert_eq!(out, "hello world");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_fires_only_after_a_quiet_period() {
+        use std::sync::{atomic::AtomicBool, Arc};
+        let touched = Arc::new(AtomicBool::new(true));
+        let start = tokio::time::Instant::now();
+        idle(&touched, std::time::Duration::from_secs(1)).await;
+        // Touched once: the first period does not count, the second is quiet.
+        assert_eq!(start.elapsed(), std::time::Duration::from_secs(2));
     }
 
     #[tokio::test]

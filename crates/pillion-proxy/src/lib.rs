@@ -9,6 +9,7 @@ pub mod connect;
 pub mod detect;
 pub mod http;
 pub mod io;
+pub mod metrics;
 mod server;
 pub mod tcp;
 

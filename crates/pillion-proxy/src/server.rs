@@ -4,14 +4,14 @@ use crate::{
     cluster::Cluster,
     detect::{detect, Detected},
     http::{ConnCtx, HttpListener, ProxyError, RouteTable},
-    io::PrefixedIo,
+    io::{IdleIo, PrefixedIo},
     tcp,
 };
 use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
 };
 use pillion_config::{self as config, Config, Protocol};
 use pillion_telemetry::{access_log::AccessLog, Metrics, TcpLabels, TcpStats};
@@ -33,6 +33,7 @@ struct Listener {
     address: SocketAddr,
     protocol: Protocol,
     detect_timeout: Duration,
+    idle_timeout: Duration,
     /// NOTE: swapped whole on reload; each connection keeps the table it started with.
     table: ArcSwap<RouteTable>,
     /// Where opaque traffic goes.
@@ -102,12 +103,13 @@ impl Proxy {
         })
     }
 
-    /// Resolves DNS endpoints once and starts their periodic refresh.
+    /// Resolves DNS endpoints once, then starts each cluster's background work (DNS refresh,
+    /// health checks).
     pub async fn resolve(&self) {
         let dns = self.clusters.iter().filter(|c| c.has_dns());
-        futures_util::future::join_all(dns.clone().map(|c| c.resolve())).await;
-        for c in dns {
-            c.spawn_refresh();
+        futures_util::future::join_all(dns.map(|c| c.resolve())).await;
+        for c in &self.clusters {
+            c.spawn_background();
         }
     }
 
@@ -155,7 +157,6 @@ impl Proxy {
         drain: Duration,
     ) -> bool {
         let tasks = TaskTracker::new();
-        let graceful = Arc::new(GracefulShutdown::new());
         let mut accepting = Vec::with_capacity(bound.len());
         for (l, sock) in self.listeners.iter().zip(bound) {
             accepting.push(tokio::spawn(accept_loop(
@@ -163,7 +164,6 @@ impl Proxy {
                 sock,
                 shutdown.clone(),
                 tasks.clone(),
-                graceful.clone(),
             )));
         }
         shutdown.cancelled().await;
@@ -174,14 +174,9 @@ impl Proxy {
         }
         info!(active = tasks.len(), timeout = ?drain, "draining");
         tasks.close();
-        let drained = tokio::time::timeout(drain, async {
-            // NOTE: the accept loops have ended, so this is the last reference.
-            if let Ok(graceful) = Arc::try_unwrap(graceful) {
-                graceful.shutdown().await;
-            }
-            tasks.wait().await;
-        })
-        .await;
+        // Every HTTP connection saw `shutdown` and is closing gracefully (GOAWAY for HTTP/2,
+        // close after the response in flight for HTTP/1).
+        let drained = tokio::time::timeout(drain, tasks.wait()).await;
         match drained {
             Ok(()) => {
                 info!("drained");
@@ -203,7 +198,6 @@ async fn accept_loop(
     sock: TcpListener,
     shutdown: CancellationToken,
     tasks: TaskTracker,
-    graceful: Arc<GracefulShutdown>,
 ) {
     info!(listener = %l.name, address = %l.address, protocol = ?l.protocol, "listening");
     loop {
@@ -221,7 +215,7 @@ async fn accept_loop(
                     l.clone(),
                     stream,
                     peer,
-                    graceful.watcher(),
+                    shutdown.clone(),
                     t,
                 ));
             }
@@ -239,7 +233,7 @@ async fn serve_connection(
     l: Arc<Listener>,
     mut stream: TcpStream,
     peer: SocketAddr,
-    graceful: hyper_util::server::graceful::Watcher,
+    shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
     let (detected, prefix) = match l.protocol {
@@ -256,7 +250,8 @@ async fn serve_connection(
             }
         },
     };
-    let io = PrefixedIo::new(prefix, stream);
+    let touched = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let io = IdleIo::new(PrefixedIo::new(prefix, stream), touched.clone());
     match detected {
         Detected::Http1 | Detected::Http2 => {
             let ctx = Arc::new(ConnCtx {
@@ -267,8 +262,26 @@ async fn serve_connection(
             });
             let svc = hyper::service::service_fn(move |req| crate::http::handle(ctx.clone(), req));
             let conn = l.http.serve_connection_with_upgrades(TokioIo::new(io), svc);
-            if let Err(err) = graceful.watch(conn.into_owned()).await {
-                debug!(listener = %l.name, %peer, %err, "HTTP connection ended with an error");
+            tokio::pin!(conn);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    res = conn.as_mut() => {
+                        if let Err(err) = res {
+                            debug!(listener = %l.name, %peer, %err, "HTTP connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = shutdown.cancelled(), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    _ = crate::io::idle(&touched, l.idle_timeout), if !closing => {
+                        debug!(listener = %l.name, %peer, "idle timeout: closing");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
             }
         }
         Detected::Opaque | Detected::Timeout => match &l.tcp {
@@ -289,7 +302,8 @@ async fn serve_connection(
                     )
                 });
                 let started = tokio::time::Instant::now();
-                let outcome = tcp::relay(io, cluster, stats).await;
+                let idle = crate::io::idle(&touched, l.idle_timeout);
+                let outcome = tcp::relay(io, cluster, stats, idle).await;
                 if let Some((log, mut e)) = log {
                     e.duration = started.elapsed();
                     e.upstream_host = outcome.upstream;
@@ -341,7 +355,7 @@ impl Listener {
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30));
+            .header_read_timeout(cfg.header_timeout.0);
         http.http2()
             .timer(TokioTimer::new())
             .initial_stream_window_size(1 << 20)
@@ -352,8 +366,13 @@ impl Listener {
             request_id: cfg.request_id,
             trace_context: cfg.trace_context,
             access_log,
-            proxy_responses: ProxyError::ALL
-                .map(|e| metrics.proxy_response(direction, &cfg.name, e.reason())),
+            rate_limit: cfg.rate_limit.map(|r| {
+                Arc::new(pillion_layers::ratelimit::Bucket::new(
+                    crate::http::rate_policy(&r),
+                ))
+            }),
+            proxy_responses: ProxyError::REASONS
+                .map(|reason| metrics.proxy_response(direction, &cfg.name, reason)),
         });
         Ok(Self {
             shared,
@@ -361,6 +380,7 @@ impl Listener {
             address: cfg.address,
             protocol: cfg.protocol,
             detect_timeout: cfg.detect_timeout.0,
+            idle_timeout: cfg.idle_timeout.0,
             table: ArcSwap::from_pointee(table),
             tcp,
             detected: metrics.detect_stats(&cfg.name),

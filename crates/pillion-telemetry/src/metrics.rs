@@ -91,6 +91,7 @@ pub enum DetectResult {
 /// Every metric family Pillion exports.
 pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
+    pub http_retries: Family<RouteLabels, Counter>,
     pub proxy_responses: Family<ProxyResponseLabels, Counter>,
     pub upstream_cx_opened: Family<ClusterLabels, Counter>,
     pub upstream_cx_failed: Family<ClusterLabels, Counter>,
@@ -123,6 +124,7 @@ struct HttpStatsInner {
     /// Indexed by status code - 100 (codes 100..=599).
     by_code: Box<[std::sync::OnceLock<Counter>]>,
     duration: Histogram,
+    retries: Counter,
 }
 
 /// Per-cluster upstream connection and request handles.
@@ -209,6 +211,7 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             http_requests: Family::default(),
+            http_retries: Family::default(),
             proxy_responses: Family::default(),
             upstream_cx_opened: Family::default(),
             upstream_cx_failed: Family::default(),
@@ -235,6 +238,11 @@ impl Metrics {
             "http_requests",
             "HTTP requests by listener, route, cluster and status class",
             m.http_requests.clone(),
+        );
+        r.register(
+            "http_retries",
+            "Retries made by the proxy (tries after the first), by route and cluster",
+            m.http_retries.clone(),
         );
         r.register(
             "http_proxy_responses",
@@ -322,12 +330,14 @@ impl Metrics {
     /// Resolves the handles for one route and cluster (done when the config is compiled).
     pub fn http_stats(&self, labels: RouteLabels) -> HttpStats {
         let duration = self.http_duration.get_or_create(&labels).clone();
+        let retries = self.http_retries.get_or_create(&labels).clone();
         HttpStats {
             inner: std::sync::Arc::new(HttpStatsInner {
                 family: self.http_requests.clone(),
                 labels,
                 by_code: (100..=599).map(|_| std::sync::OnceLock::new()).collect(),
                 duration,
+                retries,
             }),
         }
     }
@@ -436,6 +446,13 @@ impl HttpStats {
             })
             .inc();
         s.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records the retries of one request (tries after the first).
+    pub fn record_retries(&self, retries: u32) {
+        if retries > 0 {
+            self.inner.retries.inc_by(u64::from(retries));
+        }
     }
 }
 

@@ -191,6 +191,9 @@ async fn serve(config: Config, log: LogControl) -> ExitCode {
         }
     };
 
+    registry.register_collector(Box::new(pillion_proxy::metrics::ClusterCollector::new(
+        proxy.clusters(),
+    )));
     let drain = CancellationToken::new();
     let shutdown = CancellationToken::new();
     let log = Arc::new(log);
@@ -203,9 +206,25 @@ async fn serve(config: Config, log: LogControl) -> ExitCode {
                 clusters
                     .iter()
                     .map(|c| {
+                        let s = c.snapshot();
+                        let endpoints: Vec<_> = s
+                            .endpoints
+                            .iter()
+                            .map(|e| {
+                                serde_json::json!({
+                                    "address": e.addr.to_string(),
+                                    "healthy": e.healthy,
+                                    "ejected": e.ejected,
+                                    "in_flight": e.in_flight,
+                                    "latency_ms": e.ewma_ms,
+                                })
+                            })
+                            .collect();
                         serde_json::json!({
                             "name": c.name(),
-                            "endpoints": c.endpoints().iter().map(|a| serde_json::json!({ "address": a.to_string() })).collect::<Vec<_>>(),
+                            "balancer": s.balancer.name(),
+                            "endpoints": endpoints,
+                            "ejections_total": s.ejections_total,
                         })
                     })
                     .collect(),

@@ -241,11 +241,7 @@ async fn snapshot_shows_every_endpoint() {
 
 #[tokio::test(start_paused = true)]
 async fn panic_mode_picks_among_all_when_none_is_available() {
-    let set = EndpointSet::new(
-        "c",
-        [addr(1), addr(2)],
-        BalanceConfig::default(),
-    );
+    let set = EndpointSet::new("c", [addr(1), addr(2)], BalanceConfig::default());
     for e in set.endpoints() {
         e.set_healthy(false);
     }

@@ -471,7 +471,21 @@ async fn transparent_retry_once_even_for_post_without_policy() {
     let (res, _) = run(&mut svc, &mut handle, req(Method::POST, "once"), answers).await;
     assert_eq!(error::attempts(&*res.unwrap_err()), 2);
 
-    // The keep-alive race (connection closed before message completed): idempotent only.
+    // The keep-alive race (connection closed before message completed): the upstream may have
+    // read the request, so it is not retried transparently by default.
+    let answers = vec![Err(incomplete_error().await)];
+    let (res, _) = run(&mut svc, &mut handle, req(Method::GET, ""), answers).await;
+    assert_eq!(error::attempts(&*res.unwrap_err()), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn incomplete_messages_are_retried_when_opted_in() {
+    let layer = RetryLayer::new(None).with_transparent(Transparent {
+        enabled: true,
+        incomplete_message: true,
+        incomplete_message_any_method: false,
+    });
+    let (mut svc, mut handle) = mock::spawn_layer(layer);
     let answers = vec![Err(incomplete_error().await), Ok(status(200))];
     let (res, _) = run(&mut svc, &mut handle, req(Method::GET, ""), answers).await;
     assert_eq!(attempts(&res.unwrap()), 2);
@@ -498,6 +512,7 @@ async fn transparent_retry_comes_on_top_of_the_policy() {
 async fn no_policy_and_no_transparent_retry_is_a_passthrough() {
     let layer = RetryLayer::new(None).with_transparent(Transparent {
         enabled: false,
+        incomplete_message: false,
         ..Transparent::default()
     });
     let (mut svc, mut handle) = mock::spawn_layer::<Request<ReplayBody<ReqBody>>, Rsp, _>(layer);

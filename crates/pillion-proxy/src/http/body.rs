@@ -5,6 +5,7 @@ use super::log::PendingLog;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use pillion_layers::limit;
 use std::{
     pin::Pin,
     sync::{
@@ -27,7 +28,7 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     #[project = KindProj]
     enum Kind {
-        Upstream { #[pin] body: Incoming },
+        Upstream { #[pin] body: limit::ResponseBody<Incoming> },
         Local { data: Option<Bytes> },
     }
 }
@@ -66,8 +67,8 @@ impl ProxyBody {
     }
 }
 
-impl From<Incoming> for ProxyBody {
-    fn from(body: Incoming) -> Self {
+impl From<limit::ResponseBody<Incoming>> for ProxyBody {
+    fn from(body: limit::ResponseBody<Incoming>) -> Self {
         Self {
             kind: Kind::Upstream { body },
             log: None,

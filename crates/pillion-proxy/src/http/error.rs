@@ -1,7 +1,14 @@
 //! Proxy-side failures and the one place they become HTTP responses.
 
 use super::body::ProxyBody;
+use crate::cluster::NoEndpoint;
 use http::{header, HeaderName, HeaderValue, Response, StatusCode};
+use pillion_layers::{
+    error::{
+        classify_dyn, find, Elapsed, FailureKind, FaultAbort, Overloaded, RateLimited, TimeoutKind,
+    },
+    limit,
+};
 
 /// The header that marks a response made by the proxy, with the reason.
 pub const ERROR_HEADER: HeaderName = HeaderName::from_static("x-pillion-error");
@@ -21,40 +28,102 @@ pub enum ProxyError {
     /// The upstream connection failed after it was established.
     #[error("the upstream connection was reset")]
     UpstreamReset,
+    /// The route's timeout (all tries) elapsed.
+    #[error("the request timed out")]
+    RequestTimeout,
+    /// The last try's timeout elapsed.
+    #[error("the last try timed out")]
+    PerTryTimeout,
+    /// A circuit breaker is open: too many requests in flight.
+    #[error("too many requests in flight to the cluster")]
+    OverflowRequests,
+    /// A circuit breaker is open: too many requests waiting for a connection.
+    #[error("too many requests waiting for a connection")]
+    OverflowPending,
+    /// A circuit breaker is open: too many connections.
+    #[error("too many connections to the cluster")]
+    OverflowConnections,
+    /// A rate limit refused the request.
+    #[error("rate limited")]
+    RateLimited,
+    /// Fault injection aborted the request with this status.
+    #[error("aborted by fault injection")]
+    FaultInjected(StatusCode),
+    /// An authorization policy denied the request.
+    #[error("denied by policy")]
+    Denied,
 }
 
 // === impl ProxyError ===
 
 impl ProxyError {
+    /// How many reasons there are (see [`ProxyError::index`]).
+    pub const COUNT: usize = 12;
+
     /// Every reason, in [`ProxyError::index`] order.
-    pub const ALL: [ProxyError; 4] = [
-        Self::NoRoute,
-        Self::NoHealthyEndpoint,
-        Self::ConnectFailure,
-        Self::UpstreamReset,
+    pub const REASONS: [&'static str; Self::COUNT] = [
+        "no-route",
+        "no-healthy-endpoint",
+        "upstream-connect-failure",
+        "upstream-reset",
+        "request-timeout",
+        "per-try-timeout",
+        "overflow-max-requests",
+        "overflow-max-pending",
+        "overflow-max-connections",
+        "rate-limited",
+        "fault-injected",
+        "denied",
     ];
 
-    /// The position in [`ProxyError::ALL`], for per-reason counters.
+    /// The position of this reason in [`ProxyError::REASONS`], for per-reason counters.
     pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The access log's response flag (Envoy's short codes where Envoy has one).
-    pub fn flag(self) -> &'static str {
         match self {
-            Self::NoRoute => "NR",
-            Self::NoHealthyEndpoint => "NH",
-            Self::ConnectFailure => "UF",
-            Self::UpstreamReset => "UR",
+            Self::NoRoute => 0,
+            Self::NoHealthyEndpoint => 1,
+            Self::ConnectFailure => 2,
+            Self::UpstreamReset => 3,
+            Self::RequestTimeout => 4,
+            Self::PerTryTimeout => 5,
+            Self::OverflowRequests => 6,
+            Self::OverflowPending => 7,
+            Self::OverflowConnections => 8,
+            Self::RateLimited => 9,
+            Self::FaultInjected(_) => 10,
+            Self::Denied => 11,
         }
     }
 
-    /// Classifies an error of the pooled HTTP client.
-    pub fn from_client(err: &hyper_util::client::legacy::Error) -> Self {
-        if err.is_connect() {
-            Self::ConnectFailure
-        } else {
-            Self::UpstreamReset
+    /// Classifies any error of a route's service stack. NOTE: this is the one place where
+    /// failures are told apart; local decisions (timeouts, limits) are looked for first, as
+    /// they may wrap an upstream error.
+    pub fn from_error(err: &(dyn std::error::Error + 'static)) -> Self {
+        if let Some(e) = find::<Elapsed>(err) {
+            return match e.kind {
+                TimeoutKind::Request => Self::RequestTimeout,
+                TimeoutKind::PerTry => Self::PerTryTimeout,
+            };
+        }
+        if let Some(o) = find::<Overloaded>(err) {
+            return match o.limit {
+                limit::MAX_CONNECTIONS => Self::OverflowConnections,
+                limit::MAX_PENDING => Self::OverflowPending,
+                _ => Self::OverflowRequests,
+            };
+        }
+        if find::<RateLimited>(err).is_some() {
+            return Self::RateLimited;
+        }
+        if let Some(f) = find::<FaultAbort>(err) {
+            return Self::FaultInjected(f.status);
+        }
+        if find::<NoEndpoint>(err).is_some() {
+            return Self::NoHealthyEndpoint;
+        }
+        match classify_dyn(err) {
+            Some(FailureKind::ConnectFailure) => Self::ConnectFailure,
+            Some(FailureKind::Timeout) => Self::PerTryTimeout,
+            _ => Self::UpstreamReset,
         }
     }
 
@@ -62,18 +131,35 @@ impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::NoHealthyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoHealthyEndpoint
+            | Self::OverflowRequests
+            | Self::OverflowPending
+            | Self::OverflowConnections => StatusCode::SERVICE_UNAVAILABLE,
             Self::ConnectFailure | Self::UpstreamReset => StatusCode::BAD_GATEWAY,
+            Self::RequestTimeout | Self::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::FaultInjected(s) => s,
+            Self::Denied => StatusCode::FORBIDDEN,
         }
     }
 
     /// The short reason, in the `x-pillion-error` header and the access log.
     pub fn reason(self) -> &'static str {
+        Self::REASONS[self.index()]
+    }
+
+    /// The access log's response flag (Envoy's short codes).
+    pub fn flag(self) -> &'static str {
         match self {
-            Self::NoRoute => "no-route",
-            Self::NoHealthyEndpoint => "no-healthy-endpoint",
-            Self::ConnectFailure => "upstream-connect-failure",
-            Self::UpstreamReset => "upstream-reset",
+            Self::NoRoute => "NR",
+            Self::NoHealthyEndpoint => "NH",
+            Self::ConnectFailure => "UF",
+            Self::UpstreamReset => "UR",
+            Self::RequestTimeout | Self::PerTryTimeout => "UT",
+            Self::OverflowRequests | Self::OverflowPending | Self::OverflowConnections => "UO",
+            Self::RateLimited => "RL",
+            Self::FaultInjected(_) => "FI",
+            Self::Denied => "DN",
         }
     }
 
@@ -100,11 +186,35 @@ mod tests {
             (ProxyError::NoHealthyEndpoint, 503, "no-healthy-endpoint"),
             (ProxyError::ConnectFailure, 502, "upstream-connect-failure"),
             (ProxyError::UpstreamReset, 502, "upstream-reset"),
+            (ProxyError::RequestTimeout, 504, "request-timeout"),
+            (ProxyError::OverflowRequests, 503, "overflow-max-requests"),
+            (ProxyError::RateLimited, 429, "rate-limited"),
+            (
+                ProxyError::FaultInjected(StatusCode::IM_A_TEAPOT),
+                418,
+                "fault-injected",
+            ),
+            (ProxyError::Denied, 403, "denied"),
         ] {
             let rsp = e.into_response();
             assert_eq!(rsp.status().as_u16(), status);
             assert_eq!(rsp.headers()[&ERROR_HEADER], reason);
-            assert_eq!(ProxyError::ALL[e.index()], e);
         }
+    }
+
+    #[test]
+    fn local_decisions_are_found_under_wrappers() {
+        let e: pillion_layers::BoxError = Box::new(pillion_layers::error::RequestFailed {
+            attempts: 2,
+            source: Box::new(Elapsed {
+                kind: TimeoutKind::PerTry,
+                after: std::time::Duration::from_millis(5),
+            }),
+        });
+        assert_eq!(ProxyError::from_error(&*e), ProxyError::PerTryTimeout);
+        let e: pillion_layers::BoxError = Box::new(Overloaded {
+            limit: limit::MAX_REQUESTS,
+        });
+        assert_eq!(ProxyError::from_error(&*e), ProxyError::OverflowRequests);
     }
 }

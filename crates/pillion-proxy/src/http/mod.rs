@@ -9,12 +9,14 @@ mod router;
 
 pub use self::body::{ProxyBody, RequestBody};
 pub use self::error::{ProxyError, ERROR_HEADER};
-pub use self::router::{Route, RouteTable};
+pub use self::router::{rate_policy, Route, RouteService, RouteTable};
 
 use self::{log::PendingLog, router::Target};
-use http::{uri, Request, Response, Uri};
+use crate::cluster::{UpstreamError, UpstreamHost};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use pillion_layers::{error::find, ratelimit::Bucket, retry::Attempts};
 use pillion_telemetry::access_log::{AccessLog, Entry};
 use prometheus_client::metrics::counter::Counter;
 use std::{
@@ -25,6 +27,7 @@ use std::{
 };
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 use tracing::debug;
 
 /// What every request on one listener shares.
@@ -40,8 +43,10 @@ pub struct HttpListener {
     pub trace_context: bool,
     /// The access log, when on.
     pub access_log: Option<AccessLog>,
+    /// The listener-wide rate limit.
+    pub rate_limit: Option<Arc<Bucket>>,
     /// Proxy-generated responses by reason, indexed like [`ProxyError::ALL`].
-    pub proxy_responses: [Counter; 4],
+    pub proxy_responses: [Counter; ProxyError::COUNT],
 }
 
 /// What every request on one downstream connection shares.
@@ -62,6 +67,8 @@ pub struct ConnCtx {
 struct Upstream {
     host: Option<SocketAddr>,
     service_time: Option<Duration>,
+    /// Tries made (0 when the request never reached the route's service).
+    attempts: u32,
 }
 
 /// Handles one request: route, forward, and map any failure to a response.
@@ -77,10 +84,12 @@ pub async fn handle(
         .as_ref()
         .map(|log| Box::new(PendingLog::new(log.clone(), entry(&ctx, &req, &ids), start)));
 
-    let route = ctx.table.route(&req);
+    let limited = l.rate_limit.as_ref().is_some_and(|b| !b.try_acquire());
+    let route = if limited { None } else { ctx.table.route(&req) };
     let target = route.map(|r| (r, r.target()));
     let mut upstream = Upstream::default();
     let result = match target {
+        None if limited => Err(ProxyError::RateLimited),
         None => Err(ProxyError::NoRoute),
         Some((route, target)) => {
             let received = log.as_ref().map(|l| l.received.clone());
@@ -101,10 +110,18 @@ pub async fn handle(
     let status = rsp.status().as_u16();
     match target {
         Some((_, t)) => t.stats.record(status, start.elapsed()),
-        None => ctx.table.no_route.record(status, start.elapsed()),
+        None => {
+            if let Some(s) = &ctx.table.no_route {
+                s.record(status, start.elapsed());
+            }
+        }
     }
     if let Some(id) = ids.request_id {
         rsp.headers_mut().insert(ids::X_REQUEST_ID, id);
+    }
+    if upstream.attempts > 1 {
+        rsp.headers_mut()
+            .insert(ATTEMPTS_HEADER, HeaderValue::from(upstream.attempts));
     }
     if let Some(mut log) = log {
         let e = &mut log.entry;
@@ -164,10 +181,6 @@ async fn forward(
     received: Option<Arc<std::sync::atomic::AtomicU64>>,
     upstream: &mut Upstream,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let cluster = &target.cluster;
-    let ep = cluster.pick().ok_or(ProxyError::NoHealthyEndpoint)?;
-    upstream.host = Some(ep.addr);
-
     let upgrade = match req.version() {
         http::Version::HTTP_11 => headers::upgrade_request(req.headers()),
         _ => None,
@@ -181,59 +194,45 @@ async fn forward(
     route.request_headers.apply(h);
     if !h.contains_key(http::header::HOST) {
         if let Some(a) = parts.uri.authority() {
-            if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
                 h.insert(http::header::HOST, v);
             }
         }
     }
-
-    let client = match upgrade {
+    parts.version = match upgrade {
         Some(u) => {
+            // An upgrade needs HTTP/1.1 end to end.
             headers::set_upgrade(&mut parts.headers, u);
-            parts.version = http::Version::HTTP_11;
-            cluster.http1_client()
+            http::Version::HTTP_11
         }
-        None => {
-            let (client, version) = cluster.http_client(parts.version);
-            parts.version = version;
-            client
-        }
+        None => target.cluster.upstream_version(parts.version),
     };
 
-    let mut uri = uri::Parts::default();
-    uri.scheme = Some(uri::Scheme::HTTP);
-    uri.authority = Some(ep.authority.clone());
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| uri::PathAndQuery::from_static("/")),
-    );
-    // NOTE: scheme, authority and path are all set, so the parts always form a valid URI.
-    parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::UpstreamReset)?;
-
-    cluster.upstream_stats().requests.inc();
+    // NOTE: the cluster service points the URI at the endpoint it picks, for every try.
+    let mut req = Request::from_parts(parts, RequestBody::new(body, received));
+    if target.retries {
+        req.extensions_mut()
+            .insert(crate::cluster::Tried::default());
+    }
     let sent = Instant::now();
-    let result = client
-        .request(Request::from_parts(parts, RequestBody::new(body, received)))
-        .await;
-    let elapsed = sent.elapsed();
-    upstream.service_time = Some(elapsed);
+    let result = target.service.clone().oneshot(req).await;
+    upstream.service_time = Some(sent.elapsed());
     let mut rsp = match result {
         Ok(rsp) => rsp,
         Err(e) => {
-            debug!(endpoint = %ep.addr, error = %e, "upstream request failed");
-            let err = ProxyError::from_client(&e);
-            if let Some(s) = &ep.stats {
-                s.record(err.status().as_u16(), elapsed);
-            }
-            return Err(err);
+            upstream.host = find::<UpstreamError>(&*e).map(|u| u.addr);
+            upstream.attempts = pillion_layers::error::attempts(&*e);
+            target
+                .stats
+                .record_retries(upstream.attempts.saturating_sub(1));
+            return Err(ProxyError::from_error(&*e));
         }
     };
-    if let Some(s) = &ep.stats {
-        s.record(rsp.status().as_u16(), elapsed);
-    }
+    upstream.host = rsp.extensions().get::<UpstreamHost>().map(|h| h.0);
+    upstream.attempts = rsp.extensions().get::<Attempts>().map_or(1, |a| a.0);
+    target
+        .stats
+        .record_retries(upstream.attempts.saturating_sub(1));
 
     if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         if let Some(downstream) = downstream_upgrade {
@@ -249,6 +248,9 @@ async fn forward(
     route.response_headers.apply(&mut parts.headers);
     Ok(Response::from_parts(parts, body.into()))
 }
+
+/// Set on a response the proxy retried: how many tries it took.
+pub const ATTEMPTS_HEADER: http::HeaderName = http::HeaderName::from_static("x-pillion-attempts");
 
 /// Joins the two halves of an upgraded connection (e.g. a WebSocket) until both sides close.
 async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {

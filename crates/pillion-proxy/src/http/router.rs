@@ -1,19 +1,29 @@
 //! The route table: compiled once from a listener's config, matched per request without lookups
 //! by name or allocation.
 
-use super::headers::Rewrite;
+use super::{headers::Rewrite, RequestBody};
 use crate::cluster::Cluster;
-use http::{header, HeaderName, HeaderValue, Request};
+use http::{header, HeaderName, HeaderValue, Request, Response};
+use hyper::body::Incoming;
 use pillion_config::{self as config, HostPattern};
+use pillion_layers::{
+    fault::{FaultAbortPolicy, FaultDelay, FaultLayer, FaultPolicy},
+    limit::{self, LimitLayer},
+    ratelimit::{Bucket, RateLimitLayer, RateLimitPolicy},
+    retry::{Backoff, RetryLayer, RetryOn, RetryPolicy},
+    timeout::{TimeoutKind, TimeoutLayer},
+    BoxError,
+};
 use pillion_telemetry::{HttpStats, Metrics, RouteLabels};
 use std::{collections::HashMap, sync::Arc};
+use tower::{util::BoxCloneSyncService, ServiceBuilder};
 
 /// A listener's routes, in order, and its catch-all.
 #[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<Route>,
-    /// Stats for requests no route matched.
-    pub no_route: HttpStats,
+    /// Stats for requests no route matched (none on TCP listeners, which serve no HTTP).
+    pub no_route: Option<HttpStats>,
 }
 
 /// One compiled route.
@@ -28,13 +38,29 @@ pub struct Route {
     pub response_headers: Rewrite,
 }
 
-/// Where a route sends a request: a cluster and its stats handles.
-#[derive(Debug)]
+/// A route's service stack towards one cluster: rate limit, fault injection, request timeout,
+/// retries (with the cluster's budget), the cluster's request limit, then the cluster.
+pub type RouteService =
+    BoxCloneSyncService<Request<RequestBody>, Response<limit::ResponseBody<Incoming>>, BoxError>;
+
+/// Where a route sends a request: a cluster, the stack in front of it, and its stats handles.
 pub struct Target {
     /// The cluster.
     pub cluster: Arc<Cluster>,
     /// The route's metric handles for this cluster.
     pub stats: HttpStats,
+    /// The route's middleware towards this cluster, built when the config loaded.
+    pub service: RouteService,
+    /// Whether the route retries (so tries should spread over endpoints).
+    pub retries: bool,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("cluster", &self.cluster.name())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -78,6 +104,12 @@ impl RouteTable {
         metrics: &Metrics,
         direction: &'static str,
     ) -> Result<Self, String> {
+        if listener.protocol == config::Protocol::Tcp {
+            return Ok(Self {
+                routes: Vec::new(),
+                no_route: None,
+            });
+        }
         let labels = LabelCtx {
             direction,
             listener: &listener.name,
@@ -110,12 +142,12 @@ impl RouteTable {
                 &labels,
             )?);
         }
-        let no_route = metrics.http_stats(RouteLabels {
+        let no_route = Some(metrics.http_stats(RouteLabels {
             direction,
             listener: listener.name.clone(),
             route: String::new(),
             cluster: String::new(),
-        });
+        }));
         Ok(Self { routes, no_route })
     }
 
@@ -174,6 +206,7 @@ impl Route {
         labels: &LabelCtx<'_>,
     ) -> Result<Self, String> {
         let name: Arc<str> = cfg.name.clone().unwrap_or_else(|| index.to_string()).into();
+        let policies = Policies::compile(cfg).map_err(|e| format!("route `{name}`: {e}"))?;
         let target = |cluster: &str| -> Result<Target, String> {
             let cluster = clusters
                 .get(cluster)
@@ -185,7 +218,13 @@ impl Route {
                 route: name.to_string(),
                 cluster: cluster.name().to_string(),
             });
-            Ok(Target { cluster, stats })
+            let service = policies.stack(&cluster);
+            Ok(Target {
+                cluster,
+                stats,
+                service,
+                retries: policies.retry.is_some(),
+            })
         };
         let targets = match &cfg.cluster {
             Some(c) => Targets::One(target(c)?),
@@ -256,6 +295,96 @@ impl Route {
                 &targets[i.min(targets.len() - 1)].1
             }
         }
+    }
+}
+
+/// A route's policies, compiled once and shared by its targets.
+struct Policies {
+    rate_limit: Option<Arc<Bucket>>,
+    fault: Option<FaultPolicy>,
+    timeout: Option<std::time::Duration>,
+    retry: Option<RetryPolicy>,
+}
+
+// === impl Policies ===
+
+impl Policies {
+    fn compile(cfg: &config::Route) -> Result<Self, String> {
+        use config::RetryOn as On;
+        let retry = cfg.retry.as_ref().map(|r| RetryPolicy {
+            retries: r.retries,
+            on: RetryOn {
+                connect_failure: r.on.contains(&On::ConnectFailure),
+                reset: r.on.contains(&On::Reset),
+                refused_stream: r.on.contains(&On::RefusedStream),
+                status_5xx: r.on.contains(&On::Status5xx),
+                gateway_error: r.on.contains(&On::GatewayError),
+                statuses: r
+                    .on
+                    .iter()
+                    .filter_map(|o| match o {
+                        On::Status(c) => Some(*c),
+                        _ => None,
+                    })
+                    .collect(),
+            },
+            backoff: Backoff {
+                base: r.backoff.base.0,
+                max: r.backoff.max.0,
+            },
+            per_try_timeout: r.per_try_timeout.map(|d| d.0),
+            buffer_cap: r.buffer_bytes,
+        });
+        let fault = match &cfg.fault {
+            None => None,
+            Some(f) => Some(FaultPolicy {
+                delay: f.delay.map(|d| FaultDelay {
+                    percent: d.percent,
+                    duration: d.duration.0,
+                }),
+                abort: match f.abort {
+                    None => None,
+                    Some(a) => Some(FaultAbortPolicy {
+                        percent: a.percent,
+                        status: http::StatusCode::from_u16(a.status).map_err(|_| {
+                            format!("fault.abort.status {} is not a status", a.status)
+                        })?,
+                    }),
+                },
+            }),
+        };
+        Ok(Self {
+            rate_limit: cfg
+                .rate_limit
+                .map(|r| Arc::new(Bucket::new(rate_policy(&r)))),
+            fault,
+            timeout: cfg.timeout.map(|d| d.0),
+            retry,
+        })
+    }
+
+    /// The stack in front of `cluster`; the first layer sees the request first.
+    fn stack(&self, cluster: &Arc<Cluster>) -> RouteService {
+        let svc = ServiceBuilder::new()
+            .option_layer(self.rate_limit.clone().map(RateLimitLayer::shared))
+            .layer(FaultLayer::new(self.fault.clone()))
+            .layer(TimeoutLayer::new(self.timeout, TimeoutKind::Request))
+            .layer(
+                RetryLayer::new(self.retry.clone())
+                    .with_budget(cluster.budget.clone())
+                    .with_retry_limit(cluster.max_retries.clone()),
+            )
+            .layer(LimitLayer::shared(cluster.max_requests.clone()))
+            .service(cluster.service());
+        BoxCloneSyncService::new(svc)
+    }
+}
+
+/// A token bucket from the config: `burst` defaults to one second's worth.
+pub fn rate_policy(r: &config::RateLimit) -> RateLimitPolicy {
+    RateLimitPolicy {
+        per_second: r.rps,
+        burst: r.burst.unwrap_or_else(|| (r.rps.ceil() as u32).max(1)),
     }
 }
 
