@@ -31,9 +31,19 @@ fn table(n: usize) -> RouteTable {
     let clusters: HashMap<_, _> = cfg
         .clusters
         .iter()
-        .map(|c| (c.name.clone(), Cluster::new(c, &metrics)))
+        .map(|c| {
+            let cluster = Cluster::new(c, &metrics, &Default::default()).expect("bench cluster");
+            (c.name.clone(), cluster)
+        })
         .collect();
-    RouteTable::compile(&cfg.listeners[0], &clusters, &metrics, "inbound").expect("compiles")
+    RouteTable::compile(
+        &cfg.listeners[0],
+        &clusters,
+        &metrics,
+        &Default::default(),
+        "inbound",
+    )
+    .expect("compiles")
 }
 
 fn route_matching(c: &mut Criterion) {

@@ -44,12 +44,6 @@ impl Config {
                     format!("a cluster named `{}` is already defined", cl.name),
                 );
             }
-            if cl.tls.is_some() {
-                c.error(
-                    &format!("{at}.tls"),
-                    "TLS origination is not supported by this build yet",
-                );
-            }
             if cl.endpoints.is_empty() {
                 c.error(&format!("{at}.endpoints"), "expected at least one endpoint");
             }
@@ -104,19 +98,6 @@ impl Config {
             }
             if let Some(cluster) = &l.cluster {
                 c.cluster_ref(&clusters, &format!("{at}.cluster"), cluster);
-            }
-            // NOTE: refused until the data path enforces them, so no config is silently ignored.
-            if l.tls.is_some() {
-                c.error(
-                    &format!("{at}.tls"),
-                    "TLS is not supported by this build yet",
-                );
-            }
-            if l.authz.is_some() || l.routes.iter().any(|r| r.authz.is_some()) {
-                c.error(
-                    &format!("{at}.authz"),
-                    "authorization policies are not supported by this build yet",
-                );
             }
             match l.protocol {
                 Protocol::Tcp if l.cluster.is_none() => c.error(

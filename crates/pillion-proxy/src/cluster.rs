@@ -18,6 +18,7 @@ use pillion_layers::{
     BoxError,
 };
 use pillion_telemetry::{EndpointStats, Metrics, UpstreamStats};
+use pillion_tls::{ClientTls, MaybeTls, TlsConnector, TlsMetrics};
 use std::{
     collections::HashMap,
     future::Future,
@@ -31,7 +32,7 @@ use tokio::{net::TcpStream, time::Instant};
 use tracing::{debug, info, warn};
 
 /// The pooled HTTP client of a cluster.
-pub(crate) type HttpClient = Client<Counted<HttpConnector>, ReplayBody<RequestBody>>;
+pub(crate) type HttpClient = Client<Counted<TlsConnector>, ReplayBody<RequestBody>>;
 
 /// A named group of upstream endpoints.
 pub struct Cluster {
@@ -42,6 +43,8 @@ pub struct Cluster {
     dns_refresh: Duration,
     protocol: config::UpstreamProtocol,
     health_check: Option<HealthCheckConfig>,
+    /// TLS origination for TCP relays (HTTP/1.1 ALPN), when the cluster has `tls`.
+    tcp_tls: Option<Arc<ClientTls>>,
     h1: HttpClient,
     h2: HttpClient,
     upstream: UpstreamStats,
@@ -108,7 +111,19 @@ pub struct ClusterService {
 
 impl Cluster {
     /// Builds a cluster; static endpoints are usable at once, DNS ones after [`Cluster::resolve`].
-    pub fn new(cfg: &config::Cluster, metrics: &Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        cfg: &config::Cluster,
+        metrics: &Arc<Metrics>,
+        tls_metrics: &TlsMetrics,
+    ) -> Result<Arc<Self>, String> {
+        let tls = |h2: bool| {
+            cfg.tls
+                .as_ref()
+                .map(|t| ClientTls::new(&cfg.name, t, h2, tls_metrics))
+                .transpose()
+                .map_err(|e| e.to_string())
+        };
+        let (tls_h1, tls_h2) = (tls(false)?, tls(true)?);
         let endpoint_metrics = cfg.endpoint_metrics.then(|| metrics.clone());
         let statics: Vec<SocketAddr> = cfg
             .endpoints
@@ -148,13 +163,14 @@ impl Cluster {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.connect_timeout.0));
-        let counted = Counted::new(
-            connector,
-            upstream.clone(),
-            max_connections.clone(),
-            max_pending.clone(),
-        );
         let client = |h2: bool| {
+            let tls = if h2 { tls_h2.clone() } else { tls_h1.clone() };
+            let counted = Counted::new(
+                TlsConnector::new(connector.clone(), tls),
+                upstream.clone(),
+                max_connections.clone(),
+                max_pending.clone(),
+            );
             Client::builder(TokioExecutor::new())
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
@@ -162,7 +178,7 @@ impl Cluster {
                 .http2_only(h2)
                 .http2_initial_stream_window_size(1 << 20)
                 .http2_initial_connection_window_size(4 << 20)
-                .build(counted.clone())
+                .build(counted)
         };
         let health_check = cfg.health_check.as_ref().map(|h| HealthCheckConfig {
             kind: match &h.http_path {
@@ -174,7 +190,7 @@ impl Cluster {
             healthy_threshold: h.healthy_threshold,
             unhealthy_threshold: h.unhealthy_threshold,
         });
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             name: cfg.name.as_str().into(),
             spec: cfg.endpoints.clone(),
             resolved: ArcSwap::from_pointee(Resolved { set, meta }),
@@ -194,7 +210,8 @@ impl Cluster {
                 window: Duration::from_secs(10),
             })),
             limits: [max_connections, max_pending],
-        })
+            tcp_tls: tls_h1.clone(),
+        }))
     }
 
     /// The cluster's name.
@@ -274,15 +291,20 @@ impl Cluster {
         }
     }
 
-    /// Opens a TCP connection to `ep` within the connect timeout.
-    pub async fn connect(&self, ep: &Endpoint) -> std::io::Result<TcpStream> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(ep.addr))
+    /// Opens a connection to `ep` for a TCP relay within the connect timeout, with TLS when the
+    /// cluster originates it (the handshake counts in the timeout).
+    pub async fn connect(&self, ep: &Endpoint) -> Result<MaybeTls, BoxError> {
+        let connect = async {
+            let stream = TcpStream::connect(ep.addr).await?;
+            stream.set_nodelay(true)?;
+            Ok::<_, BoxError>(match &self.tcp_tls {
+                None => MaybeTls::Plain(stream),
+                Some(tls) => MaybeTls::Tls(Box::new(tls.connect(stream, ep.addr.ip()).await?)),
+            })
+        };
+        tokio::time::timeout(self.connect_timeout, connect)
             .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-            })??;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
     }
 
     /// Resolves every endpoint now and publishes the result. A name that fails to resolve keeps
@@ -404,7 +426,15 @@ impl Cluster {
                 if let Some(s) = &ep.stats {
                     s.record(502, elapsed);
                 }
-                debug!(cluster = %self.name, endpoint = %ep.addr, error = %e, "upstream request failed");
+                match pillion_tls::find_tls_error(&e) {
+                    // A TLS failure is a configuration or identity problem an operator must see.
+                    Some(tls) => {
+                        warn!(cluster = %self.name, endpoint = %ep.addr, error = %tls, "upstream TLS failed")
+                    }
+                    None => {
+                        debug!(cluster = %self.name, endpoint = %ep.addr, error = %e, "upstream request failed")
+                    }
+                }
                 Err(Box::new(UpstreamError {
                     addr: ep.addr,
                     source: Box::new(e),
@@ -468,7 +498,7 @@ mod tests {
         let cfg: config::Cluster =
             serde_yaml::from_str(&format!("name: c\nendpoints: {endpoints}")).unwrap();
         let metrics = Arc::new(Metrics::register(&mut Default::default()));
-        Cluster::new(&cfg, &metrics)
+        Cluster::new(&cfg, &metrics, &TlsMetrics::default()).unwrap()
     }
 
     #[tokio::test]

@@ -13,8 +13,9 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use pillion_config::{self as config, Config, Protocol};
+use pillion_config::{self as config, Config, Protocol, TlsMode};
 use pillion_telemetry::{access_log::AccessLog, Metrics, TcpLabels, TcpStats};
+use pillion_tls::{authz::Policy, PeerInfo, ServerTls, TlsMetrics};
 use prometheus_client::metrics::counter::Counter;
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,6 +37,10 @@ struct Listener {
     idle_timeout: Duration,
     /// NOTE: swapped whole on reload; each connection keeps the table it started with.
     table: ArcSwap<RouteTable>,
+    /// TLS termination, unless off.
+    tls: Option<(TlsMode, Arc<ServerTls>)>,
+    /// How long a TLS handshake may take.
+    handshake_timeout: Duration,
     /// Where opaque traffic goes.
     tcp: Option<(Arc<Cluster>, TcpStats)>,
     /// Detection results, indexed like [`Detected`].
@@ -56,9 +61,9 @@ pub struct ListenerInfo {
 
 /// The config could not be compiled (validation should have caught it).
 #[derive(Debug, thiserror::Error)]
-#[error("listener `{listener}`: {message}")]
+#[error("{what}: {message}")]
 pub struct BuildError {
-    listener: String,
+    what: String,
     message: String,
 }
 
@@ -79,17 +84,25 @@ impl Proxy {
     pub fn build(
         cfg: &Config,
         metrics: &Arc<Metrics>,
+        tls: &TlsMetrics,
         access_log: Option<AccessLog>,
     ) -> Result<Self, BuildError> {
         let clusters: HashMap<String, Arc<Cluster>> = cfg
             .clusters
             .iter()
-            .map(|c| (c.name.clone(), Cluster::new(c, metrics)))
-            .collect();
+            .map(|c| {
+                Cluster::new(c, metrics, tls)
+                    .map(|cl| (c.name.clone(), cl))
+                    .map_err(|message| BuildError {
+                        what: format!("cluster `{}`", c.name),
+                        message,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
         let listeners = cfg
             .listeners
             .iter()
-            .map(|l| Listener::build(l, &clusters, metrics, access_log.clone()).map(Arc::new))
+            .map(|l| Listener::build(l, &clusters, metrics, tls, access_log.clone()).map(Arc::new))
             .collect::<Result<_, _>>()?;
         // Config order, so the admin endpoint lists clusters as the file does.
         let clusters = cfg
@@ -236,10 +249,68 @@ async fn serve_connection(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let Some((mode, server)) = &l.tls else {
+        return serve_stream(l.clone(), stream, peer, None, shutdown, tasks).await;
+    };
+    let (tls, prefix) = match mode {
+        TlsMode::Permissive => match sniff(&mut stream, l.detect_timeout).await {
+            Ok(prefix) => (pillion_tls::is_client_hello(&prefix), prefix),
+            Err(err) => {
+                debug!(listener = %l.name, %peer, %err, "connection failed before TLS");
+                return;
+            }
+        },
+        // NOTE: `Disabled` builds no ServerTls, so `l.tls` is None for it.
+        _ => (true, BytesMut::new()),
+    };
+    let io = PrefixedIo::new(prefix, stream);
+    if !tls {
+        return serve_stream(l.clone(), io, peer, None, shutdown, tasks).await;
+    }
+    match tokio::time::timeout(l.handshake_timeout, server.accept(io)).await {
+        Ok(Ok((tls, info))) => {
+            serve_stream(l.clone(), tls, peer, Some(info), shutdown, tasks).await
+        }
+        Ok(Err(err)) => debug!(listener = %l.name, %peer, %err, "TLS handshake failed"),
+        Err(_) => debug!(listener = %l.name, %peer, "TLS handshake timed out"),
+    }
+}
+
+/// Reads a connection's first bytes (at least 3, enough to spot a TLS ClientHello), or what came
+/// before the timeout or EOF; the caller replays them.
+async fn sniff(stream: &mut TcpStream, timeout: Duration) -> std::io::Result<BytesMut> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = BytesMut::with_capacity(512);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while buf.len() < 3 {
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+    Ok(buf)
+}
+
+/// A connection after TLS (if any): detect the protocol (on `auto`), then HTTP or the TCP relay.
+async fn serve_stream<I>(
+    l: Arc<Listener>,
+    mut io: I,
+    peer: SocketAddr,
+    tls: Option<PeerInfo>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let identity = tls.as_ref().and_then(|t| t.identity.clone());
     let (detected, prefix) = match l.protocol {
         Protocol::Http => (Detected::Http1, BytesMut::new()),
         Protocol::Tcp => (Detected::Opaque, BytesMut::new()),
-        Protocol::Auto => match detect(&mut stream, l.detect_timeout).await {
+        Protocol::Auto if tls.as_ref().is_some_and(|t| t.alpn_h2) => {
+            (Detected::Http2, BytesMut::new())
+        }
+        Protocol::Auto => match detect(&mut io, l.detect_timeout).await {
             Ok((d, prefix)) => {
                 l.detected[d as usize].inc();
                 (d, prefix)
@@ -251,7 +322,7 @@ async fn serve_connection(
         },
     };
     let touched = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let io = IdleIo::new(PrefixedIo::new(prefix, stream), touched.clone());
+    let io = IdleIo::new(PrefixedIo::new(prefix, io), touched.clone());
     match detected {
         Detected::Http1 | Detected::Http2 => {
             let ctx = Arc::new(ConnCtx {
@@ -259,6 +330,8 @@ async fn serve_connection(
                 table: l.table.load_full(),
                 client: peer,
                 tasks,
+                scheme: if tls.is_some() { "https" } else { "http" },
+                identity,
             });
             let svc = hyper::service::service_fn(move |req| crate::http::handle(ctx.clone(), req));
             let conn = l.http.serve_connection_with_upgrades(TokioIo::new(io), svc);
@@ -284,39 +357,51 @@ async fn serve_connection(
                 }
             }
         }
-        Detected::Opaque | Detected::Timeout => match &l.tcp {
-            Some((cluster, stats)) => {
-                let log = l.shared.access_log.as_ref().map(|log| {
-                    (
-                        log,
-                        pillion_telemetry::access_log::Entry {
-                            start_time: Some(std::time::SystemTime::now()),
-                            listener: l.shared.name.clone(),
-                            direction: l.shared.direction,
-                            cluster: Some(cluster.name_arc()),
-                            protocol: "TCP",
-                            response_flags: "-",
-                            downstream_address: Some(peer),
-                            ..Default::default()
-                        },
-                    )
-                });
-                let started = tokio::time::Instant::now();
-                let idle = crate::io::idle(&touched, l.idle_timeout);
-                let outcome = tcp::relay(io, cluster, stats, idle).await;
-                if let Some((log, mut e)) = log {
-                    e.duration = started.elapsed();
-                    e.upstream_host = outcome.upstream;
-                    e.bytes_received = outcome.rx;
-                    e.bytes_sent = outcome.tx;
-                    e.response_flags = outcome.error.map_or("-", ProxyError::flag);
-                    log.log(e);
+        Detected::Opaque | Detected::Timeout => {
+            let Some((cluster, stats)) = &l.tcp else {
+                debug!(listener = %l.name, %peer, "not HTTP and no cluster to relay to; closing");
+                return;
+            };
+            let mut entry =
+                l.shared
+                    .access_log
+                    .as_ref()
+                    .map(|_| pillion_telemetry::access_log::Entry {
+                        start_time: Some(std::time::SystemTime::now()),
+                        listener: l.shared.name.clone(),
+                        direction: l.shared.direction,
+                        cluster: Some(cluster.name_arc()),
+                        protocol: "TCP",
+                        response_flags: "-",
+                        downstream_address: Some(peer),
+                        peer_identity: identity.clone(),
+                        ..Default::default()
+                    });
+            let started = tokio::time::Instant::now();
+            let denied = l
+                .shared
+                .policy
+                .as_ref()
+                .is_some_and(|p| !p.check(identity.as_deref(), None).is_allowed());
+            let outcome = if denied {
+                debug!(listener = %l.name, %peer, identity = ?identity, "connection denied by policy; closing");
+                tcp::Outcome {
+                    error: Some(ProxyError::Denied),
+                    ..Default::default()
                 }
+            } else {
+                let idle = crate::io::idle(&touched, l.idle_timeout);
+                tcp::relay(io, cluster, stats, idle).await
+            };
+            if let (Some(log), Some(mut e)) = (&l.shared.access_log, entry.take()) {
+                e.duration = started.elapsed();
+                e.upstream_host = outcome.upstream;
+                e.bytes_received = outcome.rx;
+                e.bytes_sent = outcome.tx;
+                e.response_flags = outcome.error.map_or("-", ProxyError::flag);
+                log.log(e);
             }
-            None => {
-                debug!(listener = %l.name, %peer, "not HTTP and no cluster to relay to; closing")
-            }
-        },
+        }
     }
 }
 
@@ -327,17 +412,32 @@ impl Listener {
         cfg: &config::Listener,
         clusters: &HashMap<String, Arc<Cluster>>,
         metrics: &Metrics,
+        tls_metrics: &TlsMetrics,
         access_log: Option<AccessLog>,
     ) -> Result<Self, BuildError> {
         let err = |message: String| BuildError {
-            listener: cfg.name.clone(),
+            what: format!("listener `{}`", cfg.name),
             message,
         };
         let direction = match cfg.direction {
             config::Direction::Inbound => "inbound",
             config::Direction::Outbound => "outbound",
         };
-        let table = RouteTable::compile(cfg, clusters, metrics, direction).map_err(err)?;
+        let table =
+            RouteTable::compile(cfg, clusters, metrics, tls_metrics, direction).map_err(err)?;
+        let tls = match &cfg.tls {
+            Some(t) if t.mode != TlsMode::Disabled => Some((
+                t.mode,
+                ServerTls::new(&cfg.name, t, tls_metrics).map_err(|e| err(e.to_string()))?,
+            )),
+            _ => None,
+        };
+        let policy = cfg
+            .authz
+            .as_ref()
+            .map(|rules| Policy::compile(&cfg.name, rules, tls_metrics))
+            .transpose()
+            .map_err(err)?;
         let tcp = match (&cfg.cluster, cfg.protocol) {
             (Some(name), Protocol::Tcp | Protocol::Auto) => {
                 let cluster = clusters
@@ -366,6 +466,7 @@ impl Listener {
             request_id: cfg.request_id,
             trace_context: cfg.trace_context,
             access_log,
+            policy,
             rate_limit: cfg.rate_limit.map(|r| {
                 Arc::new(pillion_layers::ratelimit::Bucket::new(
                     crate::http::rate_policy(&r),
@@ -376,6 +477,8 @@ impl Listener {
         });
         Ok(Self {
             shared,
+            tls,
+            handshake_timeout: cfg.header_timeout.0,
             name: cfg.name.clone(),
             address: cfg.address,
             protocol: cfg.protocol,

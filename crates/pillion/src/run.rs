@@ -183,7 +183,8 @@ async fn serve(config: Config, log: LogControl) -> ExitCode {
             }
         },
     };
-    let proxy = match Proxy::build(&config, &metrics, access_log.clone()) {
+    let tls_metrics = pillion_tls::TlsMetrics::register(&mut registry);
+    let proxy = match Proxy::build(&config, &metrics, &tls_metrics, access_log.clone()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");

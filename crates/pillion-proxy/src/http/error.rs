@@ -52,13 +52,16 @@ pub enum ProxyError {
     /// An authorization policy denied the request.
     #[error("denied by policy")]
     Denied,
+    /// The TLS handshake with the upstream failed (including a wrong server identity).
+    #[error("the TLS handshake with the upstream failed")]
+    UpstreamTls,
 }
 
 // === impl ProxyError ===
 
 impl ProxyError {
     /// How many reasons there are (see [`ProxyError::index`]).
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
 
     /// Every reason, in [`ProxyError::index`] order.
     pub const REASONS: [&'static str; Self::COUNT] = [
@@ -74,6 +77,7 @@ impl ProxyError {
         "rate-limited",
         "fault-injected",
         "denied",
+        "upstream-tls-failure",
     ];
 
     /// The position of this reason in [`ProxyError::REASONS`], for per-reason counters.
@@ -91,6 +95,7 @@ impl ProxyError {
             Self::RateLimited => 9,
             Self::FaultInjected(_) => 10,
             Self::Denied => 11,
+            Self::UpstreamTls => 12,
         }
     }
 
@@ -120,6 +125,9 @@ impl ProxyError {
         if find::<NoEndpoint>(err).is_some() {
             return Self::NoHealthyEndpoint;
         }
+        if pillion_tls::find_tls_error(err).is_some() {
+            return Self::UpstreamTls;
+        }
         match classify_dyn(err) {
             Some(FailureKind::ConnectFailure) => Self::ConnectFailure,
             Some(FailureKind::Timeout) => Self::PerTryTimeout,
@@ -135,7 +143,9 @@ impl ProxyError {
             | Self::OverflowRequests
             | Self::OverflowPending
             | Self::OverflowConnections => StatusCode::SERVICE_UNAVAILABLE,
-            Self::ConnectFailure | Self::UpstreamReset => StatusCode::BAD_GATEWAY,
+            Self::ConnectFailure | Self::UpstreamReset | Self::UpstreamTls => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::RequestTimeout | Self::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::FaultInjected(s) => s,
@@ -153,7 +163,7 @@ impl ProxyError {
         match self {
             Self::NoRoute => "NR",
             Self::NoHealthyEndpoint => "NH",
-            Self::ConnectFailure => "UF",
+            Self::ConnectFailure | Self::UpstreamTls => "UF",
             Self::UpstreamReset => "UR",
             Self::RequestTimeout | Self::PerTryTimeout => "UT",
             Self::OverflowRequests | Self::OverflowPending | Self::OverflowConnections => "UO",

@@ -45,6 +45,8 @@ pub struct HttpListener {
     pub access_log: Option<AccessLog>,
     /// The listener-wide rate limit.
     pub rate_limit: Option<Arc<Bucket>>,
+    /// The listener's authorization policy (every request, and TCP connections).
+    pub policy: Option<pillion_tls::authz::Policy>,
     /// Proxy-generated responses by reason, indexed like [`ProxyError::ALL`].
     pub proxy_responses: [Counter; ProxyError::COUNT],
 }
@@ -60,7 +62,15 @@ pub struct ConnCtx {
     pub client: SocketAddr,
     /// Upgraded tunnels are tracked so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// `https` when the connection came over TLS, else `http`.
+    pub scheme: &'static str,
+    /// The peer's identity from its client certificate (mTLS).
+    pub identity: Option<Arc<str>>,
 }
+
+/// The header that tells the app who the peer is (the SPIFFE ID of its client certificate).
+pub const PEER_IDENTITY: http::HeaderName =
+    http::HeaderName::from_static("x-pillion-peer-identity");
 
 /// What happened upstream, for the access log.
 #[derive(Debug, Default)]
@@ -88,7 +98,18 @@ pub async fn handle(
     let route = if limited { None } else { ctx.table.route(&req) };
     let target = route.map(|r| (r, r.target()));
     let mut upstream = Upstream::default();
+    let allowed = |p: &Option<pillion_tls::authz::Policy>| {
+        p.as_ref().is_none_or(|p| {
+            p.check(
+                ctx.identity.as_deref(),
+                Some((req.method(), req.uri().path())),
+            )
+            .is_allowed()
+        })
+    };
+    let denied = !limited && (!allowed(&l.policy) || route.is_some_and(|r| !allowed(&r.policy)));
     let result = match target {
+        _ if denied => Err(ProxyError::Denied),
         None if limited => Err(ProxyError::RateLimited),
         None => Err(ProxyError::NoRoute),
         Some((route, target)) => {
@@ -161,6 +182,7 @@ fn entry(ctx: &ConnCtx, req: &Request<Incoming>, ids: &ids::Ids) -> Entry {
         },
         response_flags: "-",
         downstream_address: Some(ctx.client),
+        peer_identity: ctx.identity.clone(),
         request_id: ids
             .request_id
             .as_ref()
@@ -190,7 +212,14 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);
-    headers::set_forwarded(h, ctx.client.ip(), "http");
+    headers::set_forwarded(h, ctx.client.ip(), ctx.scheme);
+    // NOTE: always removed first, so a client cannot claim an identity it did not prove.
+    h.remove(PEER_IDENTITY);
+    if let Some(id) = &ctx.identity {
+        if let Ok(v) = HeaderValue::from_str(id) {
+            h.insert(PEER_IDENTITY, v);
+        }
+    }
     route.request_headers.apply(h);
     if !h.contains_key(http::header::HOST) {
         if let Some(a) = parts.uri.authority() {

@@ -36,6 +36,8 @@ pub struct Route {
     pub request_headers: Rewrite,
     /// Applied to the response before it goes back.
     pub response_headers: Rewrite,
+    /// The route's authorization policy, on top of the listener's.
+    pub policy: Option<pillion_tls::authz::Policy>,
 }
 
 /// A route's service stack towards one cluster: rate limit, fault injection, request timeout,
@@ -102,6 +104,7 @@ impl RouteTable {
         listener: &config::Listener,
         clusters: &HashMap<String, Arc<Cluster>>,
         metrics: &Metrics,
+        tls: &pillion_tls::TlsMetrics,
         direction: &'static str,
     ) -> Result<Self, String> {
         if listener.protocol == config::Protocol::Tcp {
@@ -118,7 +121,7 @@ impl RouteTable {
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| Route::compile(i, r, clusters, metrics, &labels))
+            .map(|(i, r)| Route::compile(i, r, clusters, metrics, tls, &labels))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(name) = &listener.cluster {
             let catch_all = config::Route {
@@ -139,6 +142,7 @@ impl RouteTable {
                 &catch_all,
                 clusters,
                 metrics,
+                tls,
                 &labels,
             )?);
         }
@@ -203,6 +207,7 @@ impl Route {
         cfg: &config::Route,
         clusters: &HashMap<String, Arc<Cluster>>,
         metrics: &Metrics,
+        tls: &pillion_tls::TlsMetrics,
         labels: &LabelCtx<'_>,
     ) -> Result<Self, String> {
         let name: Arc<str> = cfg.name.clone().unwrap_or_else(|| index.to_string()).into();
@@ -270,6 +275,17 @@ impl Route {
             targets,
             request_headers: Rewrite::compile(&cfg.request_headers)?,
             response_headers: Rewrite::compile(&cfg.response_headers)?,
+            policy: cfg
+                .authz
+                .as_ref()
+                .map(|rules| {
+                    pillion_tls::authz::Policy::compile(
+                        &format!("{}/{name}", labels.listener),
+                        rules,
+                        tls,
+                    )
+                })
+                .transpose()?,
             name,
         })
     }
@@ -433,9 +449,21 @@ mod tests {
         let clusters = cfg
             .clusters
             .iter()
-            .map(|c| (c.name.clone(), Cluster::new(c, &metrics)))
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    Cluster::new(c, &metrics, &Default::default()).unwrap(),
+                )
+            })
             .collect();
-        RouteTable::compile(&cfg.listeners[0], &clusters, &metrics, "inbound").unwrap()
+        RouteTable::compile(
+            &cfg.listeners[0],
+            &clusters,
+            &metrics,
+            &Default::default(),
+            "inbound",
+        )
+        .unwrap()
     }
 
     fn req(host: &str, path: &str, headers: &[(&str, &str)]) -> Request<()> {
