@@ -98,13 +98,13 @@ fn header_rewriting(c: &mut Criterion) {
     ] {
         base.insert(n, HeaderValue::from_static(v));
     }
-    let client = "10.1.2.3".parse().expect("ip");
+    let client = headers::client_ip("10.1.2.3".parse().expect("ip"));
     c.bench_function("headers/strip_and_forward", |b| {
         b.iter_batched_ref(
             || base.clone(),
             |h| {
                 headers::strip_hop_by_hop(h);
-                headers::set_forwarded(h, client, "http");
+                headers::set_forwarded(h, &client, "http");
             },
             criterion::BatchSize::SmallInput,
         )

@@ -342,3 +342,26 @@ fn shipped_configs_pass_check() {
         assert!(stdout.contains(": ok"), "{}: {stdout}", file.display());
     }
 }
+
+#[test]
+fn check_loads_tls_files_and_policies() {
+    let dir = TempDir::new().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let yaml = format!(
+        "listeners:\n  - name: in\n    address: {listen}\n    protocol: http\n    cluster: app\n    tls: {{cert: {missing}, key: {garbage}, ca: [{garbage}]}}\n    authz:\n      - {{from: ['spiffe://x/*/bad']}}\nclusters:\n  - name: app\n    endpoints: [127.0.0.1:1]\n    tls: {{ca: [{garbage}]}}\n",
+        listen = free_addr(),
+        missing = missing.display(),
+        garbage = garbage.display(),
+    );
+    let path = write(&dir, "tls", &yaml);
+    let out = pillion(&["check", path.to_str().unwrap()], LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("listeners[0].tls"), "{stderr}");
+    assert!(stderr.contains("missing.pem"), "{stderr}");
+    assert!(stderr.contains("listeners[0].authz"), "{stderr}");
+    assert!(stderr.contains("clusters[0].tls"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

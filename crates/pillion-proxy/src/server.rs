@@ -329,6 +329,7 @@ async fn serve_stream<I>(
                 listener: l.shared.clone(),
                 table: l.table.load_full(),
                 client: peer,
+                client_ip: crate::http::headers::client_ip(peer.ip()),
                 tasks,
                 scheme: if tls.is_some() { "https" } else { "http" },
                 identity,

@@ -128,12 +128,60 @@ fn load(file: Option<&Path>) -> Result<Config, ExitCode> {
             }
         },
     };
-    Config::load(&text, &name).map_err(|errors| {
+    let config = Config::load(&text, &name).map_err(|errors| {
         for e in errors.iter() {
             eprintln!("error: {e}");
         }
         ExitCode::from(EXIT_CONFIG)
-    })
+    })?;
+    let problems = check_tls(&config);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        for (path, e) in problems {
+            eprintln!("error: {name}: {path}: {e}");
+        }
+        Err(ExitCode::from(EXIT_CONFIG))
+    }
+}
+
+/// Loads every certificate, key and bundle, and compiles every policy, so that a missing or
+/// malformed file is a config error before anything binds.
+fn check_tls(config: &Config) -> Vec<(String, String)> {
+    use pillion_tls::{authz::Policy, ClientTls, ServerTls, TlsMetrics};
+    let metrics = TlsMetrics::default();
+    let mut problems = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        if let Some(t) = l
+            .tls
+            .as_ref()
+            .filter(|t| t.mode != pillion_config::TlsMode::Disabled)
+        {
+            if let Err(e) = ServerTls::new(&l.name, t, &metrics) {
+                problems.push((format!("listeners[{i}].tls"), e.to_string()));
+            }
+        }
+        if let Some(rules) = &l.authz {
+            if let Err(e) = Policy::compile(&l.name, rules, &metrics) {
+                problems.push((format!("listeners[{i}].authz"), e));
+            }
+        }
+        for (j, r) in l.routes.iter().enumerate() {
+            if let Some(rules) = &r.authz {
+                if let Err(e) = Policy::compile(&l.name, rules, &metrics) {
+                    problems.push((format!("listeners[{i}].routes[{j}].authz"), e));
+                }
+            }
+        }
+    }
+    for (i, c) in config.clusters.iter().enumerate() {
+        if let Some(t) = &c.tls {
+            if let Err(e) = ClientTls::new(&c.name, t, false, &metrics) {
+                problems.push((format!("clusters[{i}].tls"), e.to_string()));
+            }
+        }
+    }
+    problems
 }
 
 fn init_log(log: &LogArgs) -> Result<LogControl, String> {

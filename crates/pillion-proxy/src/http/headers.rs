@@ -64,20 +64,31 @@ pub fn set_upgrade(headers: &mut HeaderMap, upgrade: HeaderValue) {
     headers.insert(header::UPGRADE, upgrade);
 }
 
+/// The client address as a header value, made once per connection.
+pub fn client_ip(client: IpAddr) -> HeaderValue {
+    // NOTE: an IP address always formats as a valid header value.
+    HeaderValue::try_from(client.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
 /// Appends the client address to `x-forwarded-for`; sets `x-forwarded-proto` when absent.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) {
-    // Earlier hops may arrive as several header lines; fold them all into one list.
-    let mut v = Vec::with_capacity(64);
-    for prev in headers.get_all(&X_FORWARDED_FOR) {
-        let prev = prev.as_bytes().trim_ascii();
-        if !prev.is_empty() {
-            v.extend_from_slice(prev);
-            v.extend_from_slice(b", ");
+pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &'static str) {
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        // The common case: no earlier hop, and no allocation.
+        headers.insert(X_FORWARDED_FOR, client.clone());
+    } else {
+        // Earlier hops may arrive as several header lines; fold them all into one list.
+        let mut v = Vec::with_capacity(64);
+        for prev in headers.get_all(&X_FORWARDED_FOR) {
+            let prev = prev.as_bytes().trim_ascii();
+            if !prev.is_empty() {
+                v.extend_from_slice(prev);
+                v.extend_from_slice(b", ");
+            }
         }
-    }
-    v.extend_from_slice(client.to_string().as_bytes());
-    if let Ok(value) = HeaderValue::from_bytes(&v) {
-        headers.insert(X_FORWARDED_FOR, value);
+        v.extend_from_slice(client.as_bytes());
+        if let Ok(value) = HeaderValue::from_bytes(&v) {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -178,17 +189,17 @@ mod tests {
     #[test]
     fn forwarded_headers() {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http");
+        set_forwarded(&mut h, &client_ip("127.0.0.1".parse().unwrap()), "http");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         let mut h = map(&[
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
         ]);
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http");
+        set_forwarded(&mut h, &client_ip("127.0.0.1".parse().unwrap()), "http");
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.1");
         let mut h = map(&[("x-forwarded-proto", "https")]);
-        set_forwarded(&mut h, "::1".parse().unwrap(), "http");
+        set_forwarded(&mut h, &client_ip("::1".parse().unwrap()), "http");
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h["x-forwarded-proto"], "https");
     }

@@ -60,6 +60,8 @@ pub struct ConnCtx {
     pub table: Arc<RouteTable>,
     /// The downstream peer.
     pub client: SocketAddr,
+    /// The peer's IP as a header value, for `x-forwarded-for`.
+    pub client_ip: HeaderValue,
     /// Upgraded tunnels are tracked so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// `https` when the connection came over TLS, else `http`.
@@ -212,7 +214,7 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);
-    headers::set_forwarded(h, ctx.client.ip(), ctx.scheme);
+    headers::set_forwarded(h, &ctx.client_ip, ctx.scheme);
     // NOTE: always removed first, so a client cannot claim an identity it did not prove.
     h.remove(PEER_IDENTITY);
     if let Some(id) = &ctx.identity {

