@@ -6,6 +6,7 @@ pub mod binary;
 pub mod client;
 pub mod echo;
 pub mod metrics;
+pub mod mtls;
 pub mod net;
 pub mod process;
 pub mod proxy;

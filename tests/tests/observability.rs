@@ -436,3 +436,47 @@ async fn request_ids_and_tracing_can_be_turned_off() {
     assert_eq!(seen.header("x-request-id"), None);
     assert_eq!(seen.header("traceparent"), None);
 }
+
+#[tokio::test]
+async fn sigusr1_reopens_a_rotated_access_log() {
+    let echo = Echo::start().await;
+    let raw = tcp_echo().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let (http, tcp) = (free_addr(), free_addr());
+    let extra = format!("access_log:\n  path: {}\n  format: \"%method% %path% %status%\"\n", log.display());
+    let proxy = Proxy::start(&config(http, tcp, echo.addr(), raw.addr(), &extra)).await;
+    let mut c = H1Client::connect(http).await;
+
+    assert_eq!(c.get("http://svc/before").await.status, StatusCode::OK);
+    let lines = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    eventually("the first line", || {
+        let got = lines(&log);
+        async move { (got == ["GET /before 200"]).then_some(()) }
+    })
+    .await;
+
+    // logrotate: rename the file, then tell the proxy (postrotate: kill -USR1).
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).expect("rename");
+    proxy.signal(nix::sys::signal::Signal::SIGUSR1);
+    // The reopen happens before the next line is written; keep sending until one lands.
+    eventually("a line in the new file", || {
+        let log = log.clone();
+        async move {
+            let mut client = H1Client::connect(http).await;
+            assert_eq!(client.get("http://svc/after").await.status, StatusCode::OK);
+            lines(&log).iter().any(|l| l == "GET /after 200").then_some(())
+        }
+    })
+    .await;
+    assert_eq!(lines(&rotated), ["GET /before 200"], "the rotated file keeps only the old lines");
+    assert!(proxy.try_admin_get("/ready").await.is_some(), "SIGUSR1 must not stop the proxy");
+    drop(c);
+}

@@ -123,7 +123,18 @@ impl Cluster {
                 .transpose()
                 .map_err(|e| e.to_string())
         };
-        let (tls_h1, tls_h2) = (tls(false)?, tls(true)?);
+        // NOTE: one ClientTls (one file watcher) unless the cluster speaks both versions.
+        let (tls_h1, tls_h2) = match cfg.protocol {
+            config::UpstreamProtocol::Http1 => {
+                let t = tls(false)?;
+                (t.clone(), t)
+            }
+            config::UpstreamProtocol::Http2 => {
+                let t = tls(true)?;
+                (t.clone(), t)
+            }
+            config::UpstreamProtocol::Auto => (tls(false)?, tls(true)?),
+        };
         let endpoint_metrics = cfg.endpoint_metrics.then(|| metrics.clone());
         let statics: Vec<SocketAddr> = cfg
             .endpoints

@@ -96,8 +96,15 @@ pub async fn handle(
         .as_ref()
         .map(|log| Box::new(PendingLog::new(log.clone(), entry(&ctx, &req, &ids), start)));
 
+    // NOTE: with a policy in force, routing, authorization and the app all see the normalized
+    // path, so `/x/../admin` or `/%61dmin` cannot reach an `/admin` route around its policy.
+    let bad_path = ctx.table.normalize_paths && !normalize_path(&mut req);
     let limited = l.rate_limit.as_ref().is_some_and(|b| !b.try_acquire());
-    let route = if limited { None } else { ctx.table.route(&req) };
+    let route = if limited || bad_path {
+        None
+    } else {
+        ctx.table.route(&req)
+    };
     let target = route.map(|r| (r, r.target()));
     let mut upstream = Upstream::default();
     let allowed = |p: &Option<pillion_tls::authz::Policy>| {
@@ -109,7 +116,8 @@ pub async fn handle(
             .is_allowed()
         })
     };
-    let denied = !limited && (!allowed(&l.policy) || route.is_some_and(|r| !allowed(&r.policy)));
+    let denied = bad_path
+        || (!limited && (!allowed(&l.policy) || route.is_some_and(|r| !allowed(&r.policy))));
     let result = match target {
         _ if denied => Err(ProxyError::Denied),
         None if limited => Err(ProxyError::RateLimited),
@@ -156,6 +164,32 @@ pub async fn handle(
         rsp.body_mut().set_log(log);
     }
     Ok(rsp)
+}
+
+/// Rewrites the request's path to its normalized form (see
+/// [`pillion_tls::authz::normalize_path`]); false when it cannot be normalized.
+fn normalize_path(req: &mut Request<Incoming>) -> bool {
+    let normalized = match pillion_tls::authz::normalize_path(req.uri().path()) {
+        None => return false,
+        Some(std::borrow::Cow::Borrowed(_)) => return true,
+        Some(std::borrow::Cow::Owned(p)) => p,
+    };
+    let pq = match req.uri().query() {
+        Some(q) => format!("{normalized}?{q}"),
+        None => normalized,
+    };
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    match http::uri::PathAndQuery::try_from(pq) {
+        Ok(pq) => parts.path_and_query = Some(pq),
+        Err(_) => return false,
+    }
+    match http::Uri::from_parts(parts) {
+        Ok(uri) => {
+            *req.uri_mut() = uri;
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// The start of a request's access-log line.

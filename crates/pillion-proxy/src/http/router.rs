@@ -24,6 +24,9 @@ pub struct RouteTable {
     routes: Vec<Route>,
     /// Stats for requests no route matched (none on TCP listeners, which serve no HTTP).
     pub no_route: Option<HttpStats>,
+    /// Whether paths are normalized before routing: when any policy guards the listener or a
+    /// route, routing and authorization must see the same path.
+    pub normalize_paths: bool,
 }
 
 /// One compiled route.
@@ -111,6 +114,7 @@ impl RouteTable {
             return Ok(Self {
                 routes: Vec::new(),
                 no_route: None,
+                normalize_paths: false,
             });
         }
         let labels = LabelCtx {
@@ -152,7 +156,13 @@ impl RouteTable {
             route: String::new(),
             cluster: String::new(),
         }));
-        Ok(Self { routes, no_route })
+        let normalize_paths =
+            listener.authz.is_some() || listener.routes.iter().any(|r| r.authz.is_some());
+        Ok(Self {
+            routes,
+            no_route,
+            normalize_paths,
+        })
     }
 
     /// The first route matching `req`.
