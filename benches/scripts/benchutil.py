@@ -3,6 +3,8 @@
 
   benchutil.py ports N                      N distinct free TCP ports on 127.0.0.1 (asked from the OS)
   benchutil.py wait-tcp PORT SECS           exit 0 once 127.0.0.1:PORT accepts a connection
+  benchutil.py wait-listen PORT SECS        exit 0 once a socket LISTENs on PORT (read from /proc/net/tcp,
+                                            without connecting, so the server sees no traffic)
   benchutil.py tcp-sink PORT                L4 sink: per connection reads an 8-byte length L, then L bytes,
                                             answers with the 8-byte count it read
   benchutil.py tcp-send PORT BYTES          sends BYTES through 127.0.0.1:PORT to the sink; prints JSON
@@ -44,6 +46,30 @@ def wait_tcp(port, secs):
                 return 0
         except OSError:
             time.sleep(0.05)
+    return 1
+
+
+def listening(port):
+    want = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if cols[1].endswith(want) and cols[3] == "0A":
+                        return True
+        except OSError:
+            pass
+    return False
+
+
+def wait_listen(port, secs):
+    deadline = time.monotonic() + secs
+    while time.monotonic() < deadline:
+        if listening(port):
+            return 0
+        time.sleep(0.05)
     return 1
 
 
@@ -185,6 +211,8 @@ def main(argv):
         ports(int(args[0]))
     elif cmd == "wait-tcp":
         return wait_tcp(int(args[0]), float(args[1]))
+    elif cmd == "wait-listen":
+        return wait_listen(int(args[0]), float(args[1]))
     elif cmd == "tcp-sink":
         tcp_sink(int(args[0]))
     elif cmd == "tcp-send":

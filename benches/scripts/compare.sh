@@ -9,7 +9,12 @@
 # Markdown table (medians of 3 rounds, 1 with --quick) and writes target/bench/compare.json.
 #
 # Environment: PILLION (default target/release/pillion), RATE (open-loop rate, default 5000),
-# TARGETS (default "direct pillion envoy nginx haproxy"), NO_INSTALL=1 (do not install anything).
+# TARGETS (default "direct pillion envoy nginx haproxy"), NO_INSTALL=1 (do not install anything),
+# SMOKE=1 (1-second runs: checks that the script works, the numbers mean nothing),
+# QUIET_WAIT=SECS (before each target, wait up to SECS for other work on the machine to stop).
+# The row "other work on the machine" is CPU time not spent by the processes of the benchmark: if
+# it is more than a few percent, another job disturbed the runs (with QUIET_WAIT, such a target is
+# measured once more).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -37,11 +42,15 @@ IDLE_CONNS=1000
 BODY=128 # echo response body, bytes
 
 if ((QUICK)); then
-    ROUNDS=1 H1_DUR=5s H1_WARM=1s RATE_DUR=5s RATE_WARM=1s C1_DUR=3s C1_WARM=1s H2_DUR=5s H2_WARM=1s
+    ROUNDS=1 H1_DUR=5s H1_WARM=1s WRK_DUR=4s RATE_DUR=5s RATE_WARM=1s C1_DUR=3s C1_WARM=1s H2_DUR=5s H2_WARM=1s
     TCP_BYTES=$((1000 * 1000 * 1000))
 else
-    ROUNDS=3 H1_DUR=10s H1_WARM=2s RATE_DUR=8s RATE_WARM=1s C1_DUR=4s C1_WARM=1s H2_DUR=8s H2_WARM=1s
+    ROUNDS=3 H1_DUR=10s H1_WARM=2s WRK_DUR=5s RATE_DUR=6s RATE_WARM=1s C1_DUR=3s C1_WARM=1s H2_DUR=6s H2_WARM=1s
     TCP_BYTES=$((2000 * 1000 * 1000))
+fi
+if [[ ${SMOKE:-0} == 1 ]]; then # checks the script itself, numbers meaningless
+    ROUNDS=1 H1_DUR=1s H1_WARM=1s WRK_DUR=1s RATE_DUR=1s RATE_WARM=0s C1_DUR=1s C1_WARM=0s H2_DUR=1s H2_WARM=0s
+    TCP_BYTES=$((100 * 1000 * 1000))
 fi
 
 [[ -x $PILLION ]] || { echo "error: $PILLION not found; build it: cargo build --release -p pillion" >&2; exit 1; }
@@ -63,13 +72,19 @@ alive() { # PID: running and not a zombie
     s=${s##*) }
     [[ ${s:0:1} != Z ]]
 }
-stop_pid() { # PID: SIGTERM its children and it, wait up to 5 s, then SIGKILL
-    local pid=$1 kids i
+stop_pid() { # PID: SIGTERM it, wait up to 5 s, SIGKILL; then the same for children it left behind
+    local pid=$1 kids k i
     kids=$(pgrep -P "$pid" 2>/dev/null || true)
     kill -TERM "$pid" 2>/dev/null || true
     for i in $(seq 50); do alive "$pid" || break; sleep 0.1; done
-    alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
-    for k in $kids; do alive "$k" && kill -KILL "$k" 2>/dev/null || true; done
+    if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    for k in $kids; do
+        if alive "$k"; then kill -TERM "$k" 2>/dev/null || true; fi
+    done
+    for k in $kids; do
+        for i in $(seq 20); do alive "$k" || break; sleep 0.1; done
+        if alive "$k"; then kill -KILL "$k" 2>/dev/null || true; fi
+    done
     wait "$pid" 2>/dev/null || true
 }
 cleanup() {
@@ -136,15 +151,17 @@ for t in $TARGETS; do
     [[ ${STATUS[$t]} == ok ]] || log "$t: ${STATUS[$t]}"
 done
 VERSION[pillion]=$("$PILLION" --version 2>&1 | head -1 || true)
-[[ ${STATUS[envoy]:-} == ok ]] && VERSION[envoy]=$("$ENVOY" --version 2>&1 | grep -o '[0-9]*\.[0-9]*\.[0-9]*/Clean\|[0-9]\+\.[0-9]\+\.[0-9]\+' | head -1 || true)
-[[ ${STATUS[nginx]:-} == ok ]] && VERSION[nginx]=$(nginx -v 2>&1 | head -1 || true)
-[[ ${STATUS[haproxy]:-} == ok ]] && VERSION[haproxy]=$(haproxy -v 2>&1 | head -1 || true)
-command -v wrk >/dev/null && VERSION[wrk]=$(wrk -v 2>&1 | head -1 || true)
+if [[ ${STATUS[envoy]:-} == ok ]]; then
+    VERSION[envoy]="envoy $("$ENVOY" --version 2>&1 | sed -n 's|.*version: [0-9a-f]*/\([^/]*\)/.*|\1|p' | head -1)"
+fi
+if [[ ${STATUS[nginx]:-} == ok ]]; then VERSION[nginx]=$(nginx -v 2>&1 | head -1 || true); fi
+if [[ ${STATUS[haproxy]:-} == ok ]]; then VERSION[haproxy]=$(haproxy -v 2>&1 | head -1 || true); fi
+if command -v wrk >/dev/null; then VERSION[wrk]=$(wrk -v 2>&1 | head -1 || true); fi
 
 # --- helpers ------------------------------------------------------------------------------------
 rec() { # TARGET METRIC VALUE (empty = null)
     printf '{"round": %d, "target": "%s", "metric": "%s", "value": %s}\n' \
-        "$ROUND" "$1" "$2" "${3:-null}" >>"$RAW"
+        "$ROUND" "$1" "$2" "${3:-null}" >>"${RAW_T:-$RAW}"
 }
 proc_sample() { # PID... -> "cpu_ticks rss_kb" summed (utime+stime from /proc/PID/stat)
     local pid s f k v _ ticks=0 rss=0
@@ -164,6 +181,38 @@ proxy_pids() { # the proxy's processes: the main PID and its children (nginx's w
     pgrep -P "$PROXY_PID" 2>/dev/null || true
 }
 CLK_TCK=$(getconf CLK_TCK)
+cpu_busy() { # CPU -> its busy ticks so far (user+nice+system+irq+softirq, /proc/stat: the kernel also
+    # charges softirq time to the task it interrupted, so this is comparable to utime+stime)
+    awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 }' /proc/stat
+}
+others_busy() { # SECS -> % of both CPUs busy over SECS, minus what our idle processes used
+    local a b
+    a=$(($(cpu_busy 0) + $(cpu_busy 1)))
+    sleep "$1"
+    b=$(($(cpu_busy 0) + $(cpu_busy 1)))
+    awk -v a="$a" -v b="$b" -v s="$1" -v hz="$CLK_TCK" 'BEGIN{ printf "%.0f", (b-a)/hz/s/2*100 }'
+}
+our_ticks() { # PROXY_PID... -> OUR_TICKS: CPU ticks used so far by the proxy, the upstreams, this
+    # shell and its waited-for children (load generator, helpers). Not to be called in a $(...)
+    # subshell: `times` must run in this shell.
+    local t up tf=$WORK/times
+    times >"$tf"
+    t=$(awk -v hz="$CLK_TCK" '{ for (i = 1; i <= NF; i++) { split($i, a, "m"); s += a[1] * 60 + a[2] } } END { printf "%d", s * hz }' "$tf")
+    read -r up _ < <(proc_sample "$ECHO_PID" "$SINK_PID" "$@")
+    OUR_TICKS=$((t + up))
+}
+wait_quiet() { # with QUIET_WAIT=N: wait up to N s for the machine to be idle (< 10% busy)
+    local limit=${QUIET_WAIT:-0} busy start=$SECONDS
+    ((limit > 0)) || return 0
+    while busy=$(others_busy 1) && ((busy >= 10)); do
+        if ((SECONDS - start >= limit)); then
+            log "machine still ${busy}% busy after ${limit}s; measuring anyway"
+            return 0
+        fi
+        log "machine ${busy}% busy with other work; waiting (QUIET_WAIT=$limit)"
+        sleep 4
+    done
+}
 bench() { # OUTFILE TIMEOUT_S ARGS... : pillion bench (pinned to CPU 1 with this shell) -> JSON
     local out=$1 limit=$2
     shift 2
@@ -173,7 +222,6 @@ jget() { # FILE EXPR : Python expression over the report r
     python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2" 2>/dev/null
 }
 errcount() { jget "$1" 'r["errors"]["connect"]+r["errors"]["timeout"]+r["errors"]["other"]+r["status"]["3xx"]+r["status"]["4xx"]+r["status"]["5xx"]'; }
-secs() { local d=$1; d=${d%s}; echo "$d"; }
 wait_http() { # URL SECS [curl options]: until a 2xx answer
     local url=$1 deadline=$((SECONDS + $2))
     shift 2
@@ -198,6 +246,7 @@ read -r ECHO_PORT SINK_PORT < <(python3 "$UTIL" ports 2)
 start_bg "$WORK/echo.log" 1 "$PILLION" echo --listen "127.0.0.1:$ECHO_PORT" --body-size "$BODY"
 ECHO_PID=$LAST_PID
 start_bg "$WORK/sink.log" 1 python3 "$UTIL" tcp-sink "$SINK_PORT"
+SINK_PID=$LAST_PID
 PROXY_PID=$ECHO_PID wait_http "http://127.0.0.1:$ECHO_PORT/" 15 || { echo "error: echo upstream did not start (see $WORK/echo.log)" >&2; exit 1; }
 python3 "$UTIL" wait-tcp "$SINK_PORT" 15 || { echo "error: tcp sink did not start" >&2; exit 1; }
 
@@ -349,10 +398,10 @@ write_haproxy() { # DIR
     cat >"$1/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn 20000
+    maxconn 8000
 defaults
     mode http
-    maxconn 20000
+    maxconn 8000
     timeout connect 5s
     timeout client 300s
     timeout server 300s
@@ -407,9 +456,7 @@ stop_target() {
 }
 
 run_target() { # TARGET
-    local t=$1 d f ticks0 ticks1 rss peak bp r reqs n secs_h1 ready idle_pid
-    d=$WORK/r$ROUND-$t
-    mkdir -p "$d"
+    local t=$1 d=$2 f ticks0 ticks1 rss peak bp reqs n ready idle_pid
     if ! start_target "$t" "$d"; then
         STATUS[$t]="FAILED: did not start (see ${d#"$ROOT"/}/proxy.log)"
         stop_target
@@ -418,6 +465,11 @@ run_target() { # TARGET
     local pids=()
     mapfile -t pids < <(proxy_pids)
     local is_proxy=$((${#pids[@]} > 0))
+    local busy0 ours0 wall0 busy1 ours1 wall1
+    busy0=$(($(cpu_busy 0) + $(cpu_busy 1)))
+    our_ticks "${pids[@]}"
+    ours0=$OUR_TICKS
+    wall0=$(date +%s.%N)
 
     # (f) idle RSS, after the readiness probe
     if ((is_proxy)); then
@@ -433,14 +485,16 @@ run_target() { # TARGET
     f=$d/h1.json
     bench "$f" 60 "http://127.0.0.1:$HTTP_PORT/" -c "$H1_CONNS" -d "$H1_DUR" &
     bp=$!
+    PIDS+=("$bp")
     peak=0
     while alive "$bp"; do
         if ((is_proxy)); then
             read -r _ rss < <(proc_sample "${pids[@]}")
-            ((rss > peak)) && peak=$rss
+            if ((rss > peak)); then peak=$rss; fi
         fi
         sleep 0.25
     done
+    forget_pid "$bp"
     if wait "$bp" && reqs=$(jget "$f" 'r["requests"]'); then
         read -r ticks1 _ < <(proc_sample "${pids[@]}")
         rec "$t" rps_h1 "$(jget "$f" 'round(r["rps"], 1)')"
@@ -454,6 +508,14 @@ run_target() { # TARGET
     else
         log "$t round $ROUND: HTTP/1.1 closed-loop run failed"
         rec "$t" rps_h1 ""
+    fi
+
+    # cross-check of (a) with wrk (C, one thread), when installed
+    if command -v wrk >/dev/null; then
+        f=$d/wrk.txt
+        if timeout --kill-after=5 60 wrk -t1 -c"$H1_CONNS" -d"$WRK_DUR" "http://127.0.0.1:$HTTP_PORT/" >"$f" 2>&1; then
+            rec "$t" rps_wrk "$(awk '/^Requests\/sec:/ { print $2 }' "$f")"
+        fi
     fi
 
     # (c) open loop at a fixed rate, 4 connections
@@ -515,6 +577,16 @@ run_target() { # TARGET
         stop_pid "$idle_pid"
         forget_pid "$idle_pid"
     fi
+    # CPU time on either core not spent by our processes (proxy, upstreams, load generator,
+    # helpers): another job on the machine, as % of one core over this target's runs
+    mapfile -t pids < <(proxy_pids)
+    busy1=$(($(cpu_busy 0) + $(cpu_busy 1)))
+    our_ticks "${pids[@]}"
+    ours1=$OUR_TICKS
+    wall1=$(date +%s.%N)
+    NOISE=$(awk -v b0="$busy0" -v b1="$busy1" -v o0="$ours0" -v o1="$ours1" -v w0="$wall0" -v w1="$wall1" -v hz="$CLK_TCK" \
+        'BEGIN{ v = ((b1-b0) - (o1-o0)) / hz / (w1-w0) * 100; if (v < 0) v = 0; printf "%.1f", v }')
+    rec "$t" noise_pct "$NOISE"
     stop_target
 }
 
@@ -523,8 +595,22 @@ START=$SECONDS
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     for t in $TARGETS; do
         [[ ${STATUS[$t]} == ok ]] || continue
-        log "round $ROUND/$ROUNDS: $t"
-        run_target "$t"
+        for attempt in 1 2; do
+            wait_quiet
+            log "round $ROUND/$ROUNDS: $t"
+            d=$WORK/r$ROUND-$t-$attempt
+            mkdir -p "$d"
+            RAW_T=$d/raw.jsonl NOISE=0
+            : >"$RAW_T"
+            run_target "$t" "$d"
+            RAW_T=""
+            if ((attempt == 1)) && [[ ${QUIET_WAIT:-0} != 0 ]] && awk -v n="$NOISE" 'BEGIN{ exit !(n > 5) }'; then
+                log "$t: other work used ${NOISE}% of a core during the runs; measuring $t again"
+                continue
+            fi
+            cat "$d/raw.jsonl" >>"$RAW"
+            break
+        done
     done
 done
 log "measured in $((SECONDS - START)) s; logs in ${WORK#"$ROOT"/}"
@@ -545,7 +631,7 @@ py_json() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
     sep=""
     for t in "${!VERSION[@]}"; do printf '%s"%s": %s' "$sep" "$t" "$(py_json "${VERSION[$t]}")"; sep=", "; done
     printf '}, "machine": {"nproc": %d, "cpu": %s, "kernel": %s, "date": %s}, ' \
-        "$(nproc)" "$(py_json "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')")" \
+        "$(getconf _NPROCESSORS_ONLN)" "$(py_json "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')")" \
         "$(py_json "$(uname -r)")" "$(py_json "$(date -u +%Y-%m-%dT%H:%M:%SZ)")"
     printf '"params": {"rounds": %d, "quick": %s, "rate": %d, "h1conns": %d, "h2conns": %d, "h2streams": %d, ' \
         "$ROUNDS" "$( ((QUICK)) && echo true || echo false)" "$RATE" "$H1_CONNS" "$H2_CONNS" "$H2_STREAMS"
@@ -554,8 +640,10 @@ py_json() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
 } >"$WORK/meta.json"
 
 echo
-echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), Linux $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC')"
-for t in pillion envoy nginx haproxy wrk; do [[ -n ${VERSION[$t]:-} ]] && echo "  $t: ${VERSION[$t]}"; done
+echo "Machine: $(getconf _NPROCESSORS_ONLN) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), Linux $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC')"
+for t in pillion envoy nginx haproxy wrk; do
+    if [[ -n ${VERSION[$t]:-} ]]; then echo "  $t: ${VERSION[$t]}"; fi
+done
 echo
 python3 "$ROOT/benches/scripts/report.py" "$RAW" "$WORK/meta.json" "$OUT/compare.json"
 echo

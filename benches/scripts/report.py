@@ -18,6 +18,7 @@ NAMES = {"direct": "direct", "pillion": "Pillion", "envoy": "Envoy", "nginx": "n
 # key, label, better ("hi" / "lo"), ratio vs direct?, decimals
 ROWS = [
     ("rps_h1", "HTTP/1.1 closed loop, 50 conns (req/s)", "hi", True, 0),
+    ("rps_wrk", "HTTP/1.1 closed loop, 50 conns, wrk -t1 cross-check (req/s)", "hi", True, 0),
     ("cpu_us", "proxy CPU per request (us, utime+stime)", "lo", False, 1),
     ("rate_p50", "latency @ {rate} req/s, 4 conns: p50 (us)", "lo", True, 0),
     ("rate_p99", "latency @ {rate} req/s: p99 (us)", "lo", True, 0),
@@ -32,6 +33,7 @@ ROWS = [
     ("rss_load_mb", "RSS under load, peak during HTTP/1.1 run (MB)", "lo", False, 1),
     ("rss_1k_mb", "RSS with 1,000 idle keep-alive conns (MB)", "lo", False, 1),
     ("errors", "errors + non-2xx, all runs (count)", "lo", False, 0),
+    ("noise_pct", "other work on the machine during the runs (% of a core, max)", "lo", False, 1),
 ]
 
 DERIVED = {
@@ -70,6 +72,8 @@ def main():
             vs = [v for v in values.get((t, key), []) if v is not None]
             if key == "errors":
                 med[(t, key)] = sum(vs) if vs else None
+            elif key == "noise_pct":
+                med[(t, key)] = max(vs) if vs else None
             else:
                 med[(t, key)] = statistics.median(vs) if vs else None
     for key, base in DERIVED.items():
@@ -79,7 +83,6 @@ def main():
             med[(t, key)] = None if (t == "direct" or v is None or d is None) else v - d
 
     params = meta["params"]
-    present_peers = [p for p in PEERS if p in targets and status.get(p) == "ok"]
     head = ["metric"] + [NAMES[t] for t in targets] + [f"Pillion / {NAMES[p]}" for p in PEERS if p in targets]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, label, better, vs_direct, dec in ROWS:
@@ -98,6 +101,9 @@ def main():
             if t == "direct" and key in DERIVED:
                 cells.append("-")
                 continue
+            if v is None and key == "rps_wrk" and "wrk" not in (meta.get("versions") or {}):
+                cells.append("MISSING (wrk)")
+                continue
             c = fmt(v, dec)
             if vs_direct and t != "direct" and v is not None and d:
                 c += f" ({v / d:.2f}x)"
@@ -109,7 +115,7 @@ def main():
             qv = med.get((p, key))
             if status.get(p) != "ok" or status.get("pillion") != "ok":
                 cells.append("n/a")
-            elif key == "errors" or pv is None or qv is None or qv <= 0 or (key in DERIVED and pv < 0):
+            elif key in ("errors", "noise_pct") or pv is None or qv is None or qv <= 0 or (key in DERIVED and pv < 0):
                 cells.append("n/a")
             else:
                 cells.append(f"{pv / qv:.2f}x")
@@ -126,6 +132,12 @@ def main():
     print()
     print(f"Medians of {params['rounds']} round(s). ↑ higher is better, ↓ lower is better. "
           "(Nx) = this proxy / direct. Pillion / peer = Pillion's value divided by the peer's.")
+    noisy = [NAMES[t] for t in targets if (med.get((t, "noise_pct")) or 0) > 5]
+    if noisy:
+        notes.append("- WARNING: other work ran on the machine during the runs of "
+                     + ", ".join(noisy) + "; their numbers are disturbed (rerun on an idle machine)")
+    if "nginx" in targets and status.get("nginx") == "ok":
+        notes.append("- nginx: CPU and RSS are master + worker summed (shared pages counted twice)")
     for n in notes:
         print(n)
 

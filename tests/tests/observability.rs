@@ -444,7 +444,10 @@ async fn sigusr1_reopens_a_rotated_access_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("access.log");
     let (http, tcp) = (free_addr(), free_addr());
-    let extra = format!("access_log:\n  path: {}\n  format: \"%method% %path% %status%\"\n", log.display());
+    let extra = format!(
+        "access_log:\n  path: {}\n  format: \"%method% %path% %status%\"\n",
+        log.display()
+    );
     let proxy = Proxy::start(&config(http, tcp, echo.addr(), raw.addr(), &extra)).await;
     let mut c = H1Client::connect(http).await;
 
@@ -472,11 +475,21 @@ async fn sigusr1_reopens_a_rotated_access_log() {
         async move {
             let mut client = H1Client::connect(http).await;
             assert_eq!(client.get("http://svc/after").await.status, StatusCode::OK);
-            lines(&log).iter().any(|l| l == "GET /after 200").then_some(())
+            lines(&log)
+                .iter()
+                .any(|l| l == "GET /after 200")
+                .then_some(())
         }
     })
     .await;
-    assert_eq!(lines(&rotated), ["GET /before 200"], "the rotated file keeps only the old lines");
-    assert!(proxy.try_admin_get("/ready").await.is_some(), "SIGUSR1 must not stop the proxy");
+    assert_eq!(
+        lines(&rotated),
+        ["GET /before 200"],
+        "the rotated file keeps only the old lines"
+    );
+    assert!(
+        proxy.try_admin_get("/ready").await.is_some(),
+        "SIGUSR1 must not stop the proxy"
+    );
     drop(c);
 }

@@ -18,6 +18,19 @@ pub struct Rewrite {
 /// Removes the hop-by-hop headers: those named in `Connection` and the fixed set that HTTP/2
 /// forbids. `TE: trailers` is kept, as gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of these: one pass over the names (standard names compare
+    // without hashing) avoids five hashed removals.
+    let hop = |k: &HeaderName| {
+        k == header::CONNECTION
+            || k == KEEP_ALIVE
+            || k == PROXY_CONNECTION
+            || k == header::TRANSFER_ENCODING
+            || k == header::UPGRADE
+            || k == header::TE
+    };
+    if !headers.keys().any(hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)

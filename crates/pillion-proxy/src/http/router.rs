@@ -11,7 +11,7 @@ use pillion_layers::{
     limit::{self, LimitLayer},
     ratelimit::{Bucket, RateLimitLayer, RateLimitPolicy},
     retry::{Backoff, RetryLayer, RetryOn, RetryPolicy, Transparent},
-    timeout::{TimeoutKind, TimeoutLayer},
+    timeout::TimeoutLayer,
     BoxError,
 };
 use pillion_telemetry::{HttpStats, Metrics, RouteLabels};
@@ -392,9 +392,10 @@ impl Policies {
     /// The stack in front of `cluster`; the first layer sees the request first.
     fn stack(&self, cluster: &Arc<Cluster>) -> RouteService {
         let svc = ServiceBuilder::new()
+            // NOTE: layers a route does not configure are left out, not passed through.
             .option_layer(self.rate_limit.clone().map(RateLimitLayer::shared))
-            .layer(FaultLayer::new(self.fault.clone()))
-            .layer(TimeoutLayer::new(self.timeout, TimeoutKind::Request))
+            .option_layer(self.fault.clone().map(|f| FaultLayer::new(Some(f))))
+            .option_layer(self.timeout.map(TimeoutLayer::request))
             .layer(
                 // NOTE: the transparent retry of requests nothing of which was sent is made by the
                 // pooled client itself (hyper-util's `retry_canceled_requests`), so this layer's
