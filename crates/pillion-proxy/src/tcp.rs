@@ -7,8 +7,11 @@ use std::{net::SocketAddr, time::Duration};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
-/// Relay buffer size per direction: large enough for bulk transfers in few syscalls.
-const BUF_SIZE: usize = 64 * 1024;
+/// A direction's first buffer: small, so the many quiet connections of a sidecar stay cheap.
+const BUF_START: usize = 16 * 1024;
+/// The largest buffer a direction grows to when its reads keep filling the buffer (bulk
+/// transfers): fewer, larger writes let loopback and the kernel move data much faster.
+const BUF_MAX: usize = 256 * 1024;
 
 /// How a relay went, for the access log.
 #[derive(Debug, Default, Clone, Copy)]
@@ -57,12 +60,7 @@ where
                     outcome.error = Some(ProxyError::ConnectFailure);
                 }
                 Ok(mut upstream) => {
-                    let copy = tokio::io::copy_bidirectional_with_sizes(
-                        &mut downstream,
-                        &mut upstream,
-                        BUF_SIZE,
-                        BUF_SIZE,
-                    );
+                    let copy = copy_bidirectional(&mut downstream, &mut upstream);
                     tokio::select! {
                         copied = copy => match copied {
                             Ok((rx, tx)) => debug!(cluster = cluster.name(), rx, tx, "relay done"),
@@ -81,4 +79,74 @@ where
     stats.active.dec();
     stats.closed.inc();
     outcome
+}
+
+/// Copies both ways until both directions reached EOF, passing each EOF on as a write shutdown
+/// while the other direction keeps flowing. Returns the bytes copied (a to b, b to a).
+pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    tokio::try_join!(
+        copy_one_way(&mut ar, &mut bw),
+        copy_one_way(&mut br, &mut aw)
+    )
+}
+
+/// Copies `r` to `w` until EOF, then shuts `w` down. The buffer starts at [`BUF_START`] and
+/// doubles, up to [`BUF_MAX`], each time a read fills it.
+async fn copy_one_way<R, W>(r: &mut R, w: &mut W) -> std::io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; BUF_START];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            w.shutdown().await?;
+            return Ok(total);
+        }
+        w.write_all(&buf[..n]).await?;
+        total += n as u64;
+        if n == buf.len() && buf.len() < BUF_MAX {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn copies_both_ways_and_passes_half_close_on() {
+        // client <-> (a | b) <-> server
+        let (mut client, mut a) = tokio::io::duplex(4096);
+        let (mut b, mut server) = tokio::io::duplex(4096);
+        let relay = tokio::spawn(async move { copy_bidirectional(&mut a, &mut b).await });
+        let big = vec![7u8; 1 << 20];
+        let sent = big.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        // The server sees all of it, then EOF (the half-close), and can still answer.
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, big);
+        server.write_all(b"done").await.unwrap();
+        server.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"done");
+        assert_eq!(relay.await.unwrap().unwrap(), (1 << 20, 4));
+    }
 }
