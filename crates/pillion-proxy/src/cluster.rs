@@ -328,17 +328,16 @@ impl Cluster {
                 config::Endpoint::Static(a) => next.push(*a),
                 config::Endpoint::Dns { host, port } => {
                     let lookup = tokio::net::lookup_host((host.as_str(), *port));
-                    match tokio::time::timeout(Duration::from_secs(5), lookup).await {
-                        Ok(Ok(addrs)) => next.extend(addrs),
-                        Ok(Err(err)) => {
-                            warn!(cluster = %self.name, %host, %err, "DNS resolution failed");
-                            next.extend(previous.iter().filter(|p| p.port() == *port));
+                    let failure = match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+                        Ok(Ok(addrs)) => {
+                            next.extend(addrs);
+                            continue;
                         }
-                        Err(_) => {
-                            warn!(cluster = %self.name, %host, "DNS resolution timed out");
-                            next.extend(previous.iter().filter(|p| p.port() == *port));
-                        }
-                    }
+                        Ok(Err(err)) => err.to_string(),
+                        Err(_) => "timed out".to_string(),
+                    };
+                    warn!(cluster = %self.name, %host, error = %failure, "DNS resolution failed; keeping the previous addresses");
+                    next.extend(previous.iter().filter(|p| p.port() == *port));
                 }
             }
         }

@@ -8,6 +8,14 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+/// Hop-by-hop headers removed whatever `Connection` says (HTTP/2 forbids them all).
+const ALWAYS_HOP: [HeaderName; 4] = [
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
 /// Headers to set and remove, compiled from the config.
 #[derive(Debug, Clone, Default)]
 pub struct Rewrite {
@@ -19,15 +27,8 @@ pub struct Rewrite {
 /// forbids. `TE: trailers` is kept, as gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of these: one pass over the names (standard names compare
-    // without hashing) avoids five hashed removals.
-    let hop = |k: &HeaderName| {
-        k == header::CONNECTION
-            || k == KEEP_ALIVE
-            || k == PROXY_CONNECTION
-            || k == header::TRANSFER_ENCODING
-            || k == header::UPGRADE
-            || k == header::TE
-    };
+    // without hashing) avoids the hashed removals.
+    let hop = |k: &HeaderName| k == header::CONNECTION || k == header::TE || ALWAYS_HOP.contains(k);
     if !headers.keys().any(hop) {
         return;
     }
@@ -46,10 +47,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::UPGRADE);
+    for name in &ALWAYS_HOP {
+        headers.remove(name);
+    }
     if let Some(te) = headers.get(header::TE) {
         if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
             headers.remove(header::TE);
