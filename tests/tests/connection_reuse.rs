@@ -75,8 +75,7 @@ async fn concurrent_requests_to_an_http2_cluster_share_one_connection() {
     const N: usize = 20;
     let arrived = Arc::new(AtomicUsize::new(0));
     let all_arrived = Arc::new(Notify::new());
-    // Requests wait (up to a shared deadline) until all N are in flight at once.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    // Each request waits (up to 10s from its arrival) until all N are in flight at once.
     let (count, notify) = (arrived.clone(), all_arrived.clone());
     let upstream = Upstream::http2(move |_req| {
         let (count, notify) = (count.clone(), notify.clone());
@@ -88,7 +87,7 @@ async fn concurrent_requests_to_an_http2_cluster_share_one_connection() {
                 notify.notify_waiters();
                 return Response::new(full("together"));
             }
-            match tokio::time::timeout_at(deadline, notified).await {
+            match tokio::time::timeout(Duration::from_secs(10), notified).await {
                 Ok(()) => Response::new(full("together")),
                 Err(_) => Response::new(full("alone")),
             }
@@ -118,5 +117,71 @@ async fn concurrent_requests_to_an_http2_cluster_share_one_connection() {
         upstream.connections(),
         1,
         "{N} concurrent requests to an http2 cluster"
+    );
+}
+
+/// An upstream that answers one request per connection, then closes it without saying so
+/// (no `Connection: close`), as a server whose keep-alive timeout just fired does.
+async fn one_shot_upstream() -> Upstream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    Upstream::tcp(|mut tcp| async move {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = tcp
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_costs_no_request() {
+    let upstream = one_shot_upstream().await;
+    let (_proxy, listen) = proxy_to(&upstream, "http1").await;
+    let mut client = H1Client::connect(listen).await;
+    for i in 0..20 {
+        let reply = client.get(&format!("http://svc/{i}")).await;
+        assert_eq!(reply.status, StatusCode::OK, "request {i}: {reply:?}");
+        assert_eq!(reply.text(), "ok");
+    }
+    assert_eq!(upstream.connections(), 20, "one connection per request");
+}
+
+#[tokio::test]
+async fn responses_without_a_body_return_the_connection_to_the_pool() {
+    let upstream = Upstream::http1(|req| async move {
+        let status = if req.method() == http::Method::HEAD {
+            StatusCode::OK
+        } else {
+            StatusCode::NO_CONTENT
+        };
+        let mut rsp = Response::new(full(""));
+        *rsp.status_mut() = status;
+        rsp
+    })
+    .await;
+    let (_proxy, listen) = proxy_to(&upstream, "http1").await;
+    let mut client = H1Client::connect(listen).await;
+    for i in 0..20 {
+        let mut req = pillion_tests::client::get(&format!("http://svc/{i}"));
+        let want = if i % 2 == 0 {
+            *req.method_mut() = http::Method::HEAD;
+            StatusCode::OK
+        } else {
+            StatusCode::NO_CONTENT
+        };
+        let reply = client.request(req).await;
+        assert_eq!(reply.status, want, "request {i}: {reply:?}");
+    }
+    let conns = upstream.connections();
+    assert!(
+        conns <= 2,
+        "20 requests opened {conns} upstream connections"
     );
 }

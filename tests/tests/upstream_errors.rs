@@ -158,9 +158,24 @@ async fn truncated_upstream_response_body_is_not_passed_off_as_complete() {
             Err(e) => assert!(e.is_incomplete_message(), "{framing}: {e}"),
         }
 
+        // HTTP/2 resets the stream. When the reset follows the head closely, the client may
+        // report it for the request itself rather than for the body.
         let h2 = H2Client::connect(listen).await;
-        let resp = h2.send(pillion_tests::client::get("http://svc/x")).await;
-        assert_eq!(resp.status(), StatusCode::OK);
-        assert_body_fails(resp, &format!("{framing}, HTTP/2 client")).await;
+        match h2
+            .try_send(pillion_tests::client::get("http://svc/x"))
+            .await
+        {
+            Ok(resp) => {
+                assert_eq!(resp.status(), StatusCode::OK);
+                assert_body_fails(resp, &format!("{framing}, HTTP/2 client")).await;
+            }
+            Err(e) => {
+                let e = format!("{e:?}");
+                assert!(
+                    e.contains("Reset") && e.contains("INTERNAL_ERROR"),
+                    "{framing}: {e}"
+                );
+            }
+        }
     }
 }

@@ -8,6 +8,12 @@ use std::{error::Error as StdError, fmt, time::Duration};
 
 use crate::BoxError;
 
+/// Opening a connection to the upstream failed (TCP, TLS or the HTTP handshake): nothing of
+/// the request was sent.
+#[derive(Debug, thiserror::Error)]
+#[error("connecting to the upstream failed: {0}")]
+pub struct ConnectFailed(#[source] pub BoxError);
+
 /// Which timeout fired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TimeoutKind {
@@ -107,7 +113,8 @@ pub fn chain<'a>(
 /// Returns `None` for errors that are local decisions, not upstream failures ([`Overloaded`],
 /// [`RateLimited`], [`FaultAbort`], a request-level [`Elapsed`]): those are never retried.
 ///
-/// - hyper-util's `legacy::Error::is_connect()` → [`FailureKind::ConnectFailure`];
+/// - [`ConnectFailed`] or hyper-util's `legacy::Error::is_connect()` →
+///   [`FailureKind::ConnectFailure`];
 /// - our own `Elapsed { kind: PerTry }` (or hyper's `is_timeout()`) → [`FailureKind::Timeout`];
 /// - an `h2::Error` carrying `REFUSED_STREAM` → [`FailureKind::RefusedStream`]. This crate cannot
 ///   name `h2::Error` (h2 is not a direct dependency and hyper 1 keeps `h2_reason()` private), so
@@ -127,7 +134,9 @@ pub fn classify_dyn(err: &(dyn StdError + 'static)) -> Option<FailureKind> {
     let mut timeout = false;
     let mut refused = false;
     for e in chain(err) {
-        if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+        if e.is::<ConnectFailed>() {
+            return Some(FailureKind::ConnectFailure);
+        } else if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
             if e.is_connect() {
                 // NOTE: the connect error wraps io errors (refused, reset during TLS...), which
                 // must not be read as a reset of a request: nothing was sent.

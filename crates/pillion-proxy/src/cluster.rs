@@ -1,20 +1,19 @@
 //! Clusters: named groups of endpoints, their resolution, selection, limits and pooled clients.
 
-use crate::{connect::Counted, http::RequestBody};
-use arc_swap::ArcSwap;
-use http::{uri::Authority, Request, Response};
-use hyper::body::Incoming;
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioTimer},
+use crate::{
+    connect::Counted,
+    pool::{Connector, EndpointPool, SendBody, UpstreamBody},
 };
+use arc_swap::ArcSwap;
+use http::{uri::Authority, Request, Response, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
 use pillion_config as config;
 use pillion_layers::{
     balance::{BalanceConfig, Balancer, ClusterSnapshot, EndpointSet, EndpointState},
     health::{spawn_health_checks, EndpointSource, HealthCheckConfig, HealthCheckKind},
     limit::{self, Counter},
     outlier::{Outcome, OutlierConfig},
-    retry::{Budget, BudgetPolicy, ReplayBody},
+    retry::{Budget, BudgetPolicy},
     BoxError,
 };
 use pillion_telemetry::{EndpointStats, Metrics, UpstreamStats};
@@ -31,9 +30,6 @@ use std::{
 use tokio::{net::TcpStream, time::Instant};
 use tracing::{debug, info, warn};
 
-/// The pooled HTTP client of a cluster.
-pub(crate) type HttpClient = Client<Counted<TlsConnector>, ReplayBody<RequestBody>>;
-
 /// A named group of upstream endpoints.
 pub struct Cluster {
     name: Arc<str>,
@@ -45,8 +41,9 @@ pub struct Cluster {
     health_check: Option<HealthCheckConfig>,
     /// TLS origination for TCP relays (HTTP/1.1 ALPN), when the cluster has `tls`.
     tcp_tls: Option<Arc<ClientTls>>,
-    h1: HttpClient,
-    h2: HttpClient,
+    h1: Connector,
+    h2: Connector,
+    idle_timeout: Duration,
     upstream: UpstreamStats,
     /// Per-endpoint metrics, when the cluster opts in.
     endpoint_metrics: Option<Arc<Metrics>>,
@@ -72,6 +69,10 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// `addr` as a URI authority, built once.
     pub authority: Authority,
+    /// `http://addr/`, what the connector is given.
+    pub(crate) uri: Uri,
+    /// The pooled connections to it.
+    pub(crate) pool: Arc<EndpointPool>,
     /// Its metric handles, when the cluster has `endpoint_metrics`.
     pub stats: Option<EndpointStats>,
 }
@@ -164,7 +165,14 @@ impl Cluster {
         let set = EndpointSet::new(cfg.name.as_str(), statics.iter().copied(), balance);
         let meta = statics
             .iter()
-            .filter_map(|a| Endpoint::new(*a, &cfg.name, endpoint_metrics.as_deref()))
+            .filter_map(|a| {
+                Endpoint::new(
+                    *a,
+                    &cfg.name,
+                    endpoint_metrics.as_deref(),
+                    cfg.idle_timeout.0,
+                )
+            })
             .map(|e| (e.addr, e))
             .collect();
         let upstream = metrics.upstream_stats(&cfg.name);
@@ -182,14 +190,7 @@ impl Cluster {
                 max_connections.clone(),
                 max_pending.clone(),
             );
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_idle_timeout(cfg.idle_timeout.0)
-                .http2_only(h2)
-                .http2_initial_stream_window_size(1 << 20)
-                .http2_initial_connection_window_size(4 << 20)
-                .build(counted)
+            Connector::new(counted, h2)
         };
         let health_check = cfg.health_check.as_ref().map(|h| HealthCheckConfig {
             kind: match &h.http_path {
@@ -211,6 +212,7 @@ impl Cluster {
             health_check,
             h1: client(false),
             h2: client(true),
+            idle_timeout: cfg.idle_timeout.0,
             upstream,
             endpoint_metrics,
             max_requests: Counter::new(limit::MAX_REQUESTS, l.max_requests),
@@ -353,7 +355,12 @@ impl Cluster {
             .iter()
             .filter_map(|a| match old.meta.get(a) {
                 Some(e) => Some(e.clone()),
-                None => Endpoint::new(*a, &self.name, self.endpoint_metrics.as_deref()),
+                None => Endpoint::new(
+                    *a,
+                    &self.name,
+                    self.endpoint_metrics.as_deref(),
+                    self.idle_timeout,
+                ),
             })
             .map(|e| (e.addr, e))
             .collect();
@@ -397,30 +404,22 @@ impl Cluster {
     }
 
     /// Sends one try: picks an endpoint, points the request at it, and records the outcome.
-    async fn send(
-        &self,
-        mut req: Request<ReplayBody<RequestBody>>,
-    ) -> Result<Response<Incoming>, BoxError> {
+    async fn send(&self, mut req: Request<SendBody>) -> Result<Response<UpstreamBody>, BoxError> {
         let (pick, ep) = match req.extensions().get::<Tried>() {
             None => self.pick(),
             Some(tried) => self.pick_untried(tried),
         }
         .ok_or(NoEndpoint)?;
-        let mut uri = std::mem::take(req.uri_mut()).into_parts();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
-        uri.authority = Some(ep.authority.clone());
-        if uri.path_and_query.is_none() {
-            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        *req.uri_mut() = http::Uri::from_parts(uri)?;
-        let client = if req.version() == http::Version::HTTP_2 {
+        let connector = if req.version() == http::Version::HTTP_2 {
+            to_h2_form(&mut req, &ep.authority)?;
             &self.h2
         } else {
+            to_origin_form(&mut req);
             &self.h1
         };
         self.upstream.requests.inc();
         let started = Instant::now();
-        let result = client.request(req).await;
+        let result = connector.send(&ep, req).await;
         let elapsed = started.elapsed();
         match result {
             Ok(mut rsp) => {
@@ -429,6 +428,7 @@ impl Cluster {
                     s.record(rsp.status().as_u16(), elapsed);
                 }
                 rsp.extensions_mut().insert(UpstreamHost(ep.addr));
+                rsp.body_mut().hold(pick);
                 Ok(rsp)
             }
             Err(e) => {
@@ -436,7 +436,7 @@ impl Cluster {
                 if let Some(s) = &ep.stats {
                     s.record(502, elapsed);
                 }
-                match pillion_tls::find_tls_error(&e) {
+                match pillion_tls::find_tls_error(&*e) {
                     // A TLS failure is a configuration or identity problem an operator must see.
                     Some(tls) => {
                         warn!(cluster = %self.name, endpoint = %ep.addr, error = %tls, "upstream TLS failed")
@@ -447,7 +447,7 @@ impl Cluster {
                 }
                 Err(Box::new(UpstreamError {
                     addr: ep.addr,
-                    source: Box::new(e),
+                    source: e,
                 }))
             }
         }
@@ -470,16 +470,16 @@ impl std::fmt::Debug for Cluster {
 
 // === impl ClusterService ===
 
-impl tower::Service<Request<ReplayBody<RequestBody>>> for ClusterService {
-    type Response = Response<Incoming>;
+impl tower::Service<Request<SendBody>> for ClusterService {
+    type Response = Response<UpstreamBody>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<ReplayBody<RequestBody>>) -> Self::Future {
+    fn call(&mut self, req: Request<SendBody>) -> Self::Future {
         let cluster = self.cluster.clone();
         Box::pin(async move { cluster.send(req).await })
     }
@@ -488,16 +488,64 @@ impl tower::Service<Request<ReplayBody<RequestBody>>> for ClusterService {
 // === impl Endpoint ===
 
 impl Endpoint {
-    fn new(addr: SocketAddr, cluster: &str, metrics: Option<&Metrics>) -> Option<Self> {
+    fn new(
+        addr: SocketAddr,
+        cluster: &str,
+        metrics: Option<&Metrics>,
+        idle_timeout: Duration,
+    ) -> Option<Self> {
         // NOTE: a SocketAddr always formats as a valid authority; `None` is unreachable in practice.
         let authority = Authority::try_from(addr.to_string()).ok()?;
+        let uri = Uri::builder()
+            .scheme(http::uri::Scheme::HTTP)
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .ok()?;
         let stats = metrics.map(|m| m.endpoint_stats(cluster, &addr.to_string()));
         Some(Self {
             addr,
             authority,
+            uri,
+            pool: EndpointPool::new(idle_timeout),
             stats,
         })
     }
+}
+
+/// HTTP/1.1 sends the path and query only (origin form); `Host` carries the authority.
+fn to_origin_form(req: &mut Request<SendBody>) {
+    let uri = req.uri_mut();
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return;
+    }
+    *uri = match uri.path_and_query() {
+        Some(pq) if pq.as_str() != "/" => {
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(pq.clone());
+            Uri::from_parts(parts).unwrap_or_default()
+        }
+        _ => Uri::default(),
+    };
+}
+
+/// HTTP/2 carries the authority in `:authority`: the client's `Host`, else the endpoint's address.
+fn to_h2_form(req: &mut Request<SendBody>, endpoint: &Authority) -> Result<(), http::Error> {
+    let host = req.headers_mut().remove(http::header::HOST);
+    let authority = host
+        .and_then(|h| {
+            Authority::from_maybe_shared(bytes::Bytes::copy_from_slice(h.as_bytes())).ok()
+        })
+        .or_else(|| req.uri().authority().cloned())
+        .unwrap_or_else(|| endpoint.clone());
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = Uri::from_parts(parts)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod detect;
 pub mod http;
 pub mod io;
 pub mod metrics;
+pub mod pool;
 mod server;
 pub mod tcp;
 

@@ -202,7 +202,7 @@ async fn handle(
     let mut rsp = if size > 0 {
         Response::new(EchoBody::Filler { left: size })
     } else {
-        let headers: serde_json::Map<String, serde_json::Value> = parts
+        let mut headers: serde_json::Map<String, serde_json::Value> = parts
             .headers
             .keys()
             .map(|k| {
@@ -216,6 +216,10 @@ async fn handle(
                 (k.as_str().to_string(), serde_json::Value::String(joined))
             })
             .collect();
+        if let Some(a) = parts.uri.authority() {
+            // HTTP/2 carries the host as `:authority`, not a `Host` header.
+            headers.insert(":authority".into(), a.as_str().into());
+        }
         let json = serde_json::json!({
             "server": String::from_utf8_lossy(d.name.as_bytes()),
             "method": parts.method.as_str(),

@@ -2,6 +2,7 @@
 //! sent upstream, each counting bytes for the access log when it is on.
 
 use super::log::PendingLog;
+use crate::pool::UpstreamBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -28,7 +29,7 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     #[project = KindProj]
     enum Kind {
-        Upstream { #[pin] body: limit::ResponseBody<Incoming> },
+        Upstream { #[pin] body: limit::ResponseBody<UpstreamBody> },
         Local { data: Option<Bytes> },
     }
 }
@@ -67,8 +68,8 @@ impl ProxyBody {
     }
 }
 
-impl From<limit::ResponseBody<Incoming>> for ProxyBody {
-    fn from(body: limit::ResponseBody<Incoming>) -> Self {
+impl From<limit::ResponseBody<UpstreamBody>> for ProxyBody {
+    fn from(body: limit::ResponseBody<UpstreamBody>) -> Self {
         Self {
             kind: Kind::Upstream { body },
             log: None,

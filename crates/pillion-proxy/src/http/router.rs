@@ -3,8 +3,8 @@
 
 use super::{headers::Rewrite, RequestBody};
 use crate::cluster::Cluster;
+use crate::pool::UpstreamBody;
 use http::{header, HeaderName, HeaderValue, Request, Response};
-use hyper::body::Incoming;
 use pillion_config::{self as config, HostPattern};
 use pillion_layers::{
     fault::{FaultAbortPolicy, FaultDelay, FaultLayer, FaultPolicy},
@@ -45,8 +45,11 @@ pub struct Route {
 
 /// A route's service stack towards one cluster: rate limit, fault injection, request timeout,
 /// retries (with the cluster's budget), the cluster's request limit, then the cluster.
-pub type RouteService =
-    BoxCloneSyncService<Request<RequestBody>, Response<limit::ResponseBody<Incoming>>, BoxError>;
+pub type RouteService = BoxCloneSyncService<
+    Request<RequestBody>,
+    Response<limit::ResponseBody<UpstreamBody>>,
+    BoxError,
+>;
 
 /// Where a route sends a request: a cluster, the stack in front of it, and its stats handles.
 pub struct Target {

@@ -1,0 +1,437 @@
+//! Upstream connection pools, one per endpoint, on hyper's connection API.
+//!
+//! HTTP/1.1: a LIFO stack of idle connections. A connection goes back on the stack when the
+//! response body has been read to its end (or at once when the response has no body), so there
+//! is no task per request and no lookup by key: the endpoint carries its pool.
+//!
+//! HTTP/2: one shared connection per endpoint, opened by the first request that needs it while
+//! the others wait for it, and replaced when it closes.
+//!
+//! Connections idle longer than the cluster's `idle_timeout` are closed by a reaper task that
+//! runs only while the endpoint has connections. A request refused by a reused connection before
+//! any of it was sent (the upstream closed it while idle) is sent again on another connection.
+
+use crate::{
+    cluster::Endpoint,
+    connect::{Counted, CountedConn},
+    http::RequestBody,
+};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pillion_layers::{balance::Pick, error::ConnectFailed, retry::ReplayBody, BoxError};
+use pillion_tls::{MaybeTls, TlsConnector};
+use std::{
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, Weak,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tracing::debug;
+
+/// The body sent upstream.
+pub(crate) type SendBody = ReplayBody<RequestBody>;
+
+type Conn = CountedConn<TokioIo<MaybeTls>>;
+
+/// Opens connections for a cluster: TCP (and TLS), counted and within the cluster's limits.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    inner: Counted<TlsConnector>,
+    h2: bool,
+}
+
+/// The pooled connections to one endpoint.
+#[derive(Debug)]
+pub struct EndpointPool {
+    state: Mutex<State>,
+    /// Serialises opening the shared HTTP/2 connection.
+    h2_opening: tokio::sync::Mutex<()>,
+    /// Attempts to open it, so that requests waiting on a failed attempt fail with it rather
+    /// than each trying again in turn.
+    h2_attempts: AtomicU64,
+    idle_timeout: Duration,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Idle HTTP/1.1 connections, most recently used last.
+    idle: Vec<Idle>,
+    /// The shared HTTP/2 connection and when a request last used it.
+    h2: Option<(http2::SendRequest<SendBody>, Instant)>,
+    /// Whether the reaper task is running.
+    reaping: bool,
+}
+
+#[derive(Debug)]
+struct Idle {
+    tx: http1::SendRequest<SendBody>,
+    since: Instant,
+}
+
+/// A response body from upstream. An HTTP/1.1 connection returns to its pool when the body has
+/// been read to the end; the endpoint counts the request in flight until then.
+pub struct UpstreamBody {
+    inner: Incoming,
+    checkin: Option<Checkin>,
+    ended: bool,
+    _pick: Option<Pick>,
+}
+
+struct Checkin {
+    tx: http1::SendRequest<SendBody>,
+    pool: Arc<EndpointPool>,
+}
+
+// === impl Connector ===
+
+impl Connector {
+    /// A connector for HTTP/1.1 or HTTP/2 connections.
+    pub(crate) fn new(inner: Counted<TlsConnector>, h2: bool) -> Self {
+        Self { inner, h2 }
+    }
+
+    async fn open(&self, ep: &Endpoint) -> Result<Conn, BoxError> {
+        self.inner
+            .clone()
+            .oneshot(ep.uri.clone())
+            .await
+            .map_err(
+                |e| match e.downcast::<pillion_layers::error::Overloaded>() {
+                    // A circuit breaker is a local decision, not a connect failure.
+                    Ok(overloaded) => overloaded as BoxError,
+                    Err(e) => Box::new(ConnectFailed(e)),
+                },
+            )
+    }
+
+    /// Sends `req` to `ep` on a pooled connection, opening one if needed.
+    pub(crate) async fn send(
+        &self,
+        ep: &Endpoint,
+        req: Request<SendBody>,
+    ) -> Result<Response<UpstreamBody>, BoxError> {
+        if self.h2 {
+            self.send_h2(ep, req).await
+        } else {
+            self.send_h1(ep, req).await
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        ep: &Endpoint,
+        mut req: Request<SendBody>,
+    ) -> Result<Response<UpstreamBody>, BoxError> {
+        loop {
+            let (mut tx, reused) = match ep.pool.checkout_h1() {
+                Some(tx) => (tx, true),
+                // NOTE: boxed to keep the per-request future small; connecting is rare.
+                None => (Box::pin(self.open_h1(ep)).await?, false),
+            };
+            match tx.try_send_request(req).await {
+                Ok(rsp) => {
+                    let upgraded = rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+                    let checkin = if upgraded {
+                        // The connection now belongs to the tunnel.
+                        None
+                    } else if tx.is_ready() {
+                        // Nothing left to read: reusable at once.
+                        ep.pool.checkin(tx);
+                        None
+                    } else {
+                        Some(Checkin {
+                            tx,
+                            pool: ep.pool.clone(),
+                        })
+                    };
+                    return Ok(rsp.map(|inner| UpstreamBody::new(inner, checkin)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Refused before any of it was sent: the connection closed while idle.
+                    Some(unsent) if reused => {
+                        debug!(endpoint = %ep.addr, "pooled connection closed; sending again");
+                        req = unsent;
+                    }
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    async fn open_h1(&self, ep: &Endpoint) -> Result<http1::SendRequest<SendBody>, BoxError> {
+        let io = self.open(ep).await?;
+        let (tx, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| ConnectFailed(e.into()))?;
+        let addr = ep.addr;
+        tokio::spawn(async move {
+            if let Err(error) = conn.with_upgrades().await {
+                debug!(endpoint = %addr, %error, "upstream connection ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+
+    async fn send_h2(
+        &self,
+        ep: &Endpoint,
+        mut req: Request<SendBody>,
+    ) -> Result<Response<UpstreamBody>, BoxError> {
+        loop {
+            let (mut tx, reused) = match ep.pool.checkout_h2() {
+                Some(tx) => (tx, true),
+                None => Box::pin(self.open_h2(ep)).await?,
+            };
+            match tx.try_send_request(req).await {
+                Ok(rsp) => return Ok(rsp.map(|inner| UpstreamBody::new(inner, None))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => {
+                        debug!(endpoint = %ep.addr, "shared HTTP/2 connection closed; reconnecting");
+                        ep.pool.forget_closed_h2();
+                        req = unsent;
+                    }
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    /// The shared HTTP/2 connection, opened by one request while others wait for it. Returns
+    /// whether it was already open (then a refused request may be sent again).
+    async fn open_h2(
+        &self,
+        ep: &Endpoint,
+    ) -> Result<(http2::SendRequest<SendBody>, bool), BoxError> {
+        let seen = ep.pool.h2_attempts.load(Ordering::Acquire);
+        let _opening = ep.pool.h2_opening.lock().await;
+        if let Some(tx) = ep.pool.checkout_h2() {
+            return Ok((tx, true));
+        }
+        if ep.pool.h2_attempts.load(Ordering::Acquire) != seen {
+            return Err(Box::new(ConnectFailed(
+                "the shared HTTP/2 connection could not be opened".into(),
+            )));
+        }
+        ep.pool.h2_attempts.fetch_add(1, Ordering::AcqRel);
+        let io = self.open(ep).await?;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .handshake(io)
+            .await
+            .map_err(|e| ConnectFailed(e.into()))?;
+        let addr = ep.addr;
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                debug!(endpoint = %addr, %error, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        ep.pool.set_h2(tx.clone());
+        Ok((tx, false))
+    }
+}
+
+// === impl EndpointPool ===
+
+impl EndpointPool {
+    /// An empty pool closing connections idle for `idle_timeout`.
+    pub fn new(idle_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::default(),
+            h2_opening: tokio::sync::Mutex::new(()),
+            h2_attempts: AtomicU64::new(0),
+            idle_timeout,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // NOTE: no code panics while holding the lock; recover the state if one ever did.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The most recently used idle connection that can take a request now. Closed or expired
+    /// ones are dropped; ones still finishing a previous exchange stay for later.
+    fn checkout_h1(&self) -> Option<http1::SendRequest<SendBody>> {
+        let mut s = self.lock();
+        let mut i = s.idle.len();
+        while i > 0 {
+            i -= 1;
+            let c = &s.idle[i];
+            if c.tx.is_closed() || c.since.elapsed() >= self.idle_timeout {
+                s.idle.remove(i);
+            } else if c.tx.is_ready() {
+                return Some(s.idle.remove(i).tx);
+            }
+        }
+        None
+    }
+
+    fn checkin(self: &Arc<Self>, tx: http1::SendRequest<SendBody>) {
+        if tx.is_closed() {
+            return;
+        }
+        let since = Instant::now();
+        let mut s = self.lock();
+        s.idle.push(Idle { tx, since });
+        self.start_reaper(&mut s);
+    }
+
+    fn checkout_h2(&self) -> Option<http2::SendRequest<SendBody>> {
+        let mut s = self.lock();
+        match &mut s.h2 {
+            Some((tx, used)) if !tx.is_closed() => {
+                *used = Instant::now();
+                Some(tx.clone())
+            }
+            Some(_) => {
+                s.h2 = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn set_h2(self: &Arc<Self>, tx: http2::SendRequest<SendBody>) {
+        let mut s = self.lock();
+        s.h2 = Some((tx, Instant::now()));
+        self.start_reaper(&mut s);
+    }
+
+    /// Forgets the shared HTTP/2 connection if it has closed (a newer one is kept).
+    fn forget_closed_h2(&self) {
+        let mut s = self.lock();
+        if s.h2.as_ref().is_some_and(|(tx, _)| tx.is_closed()) {
+            s.h2 = None;
+        }
+    }
+
+    fn start_reaper(self: &Arc<Self>, s: &mut State) {
+        if s.reaping {
+            return;
+        }
+        // NOTE: outside a runtime (only while one shuts down) nothing is left to reap for.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            s.reaping = true;
+            rt.spawn(reap(Arc::downgrade(self), self.idle_timeout));
+        }
+    }
+
+    /// Closes what has been idle too long; returns when to look again, or `None` to stop (the
+    /// pool is empty).
+    fn expire(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let timeout = self.idle_timeout;
+        let mut s = self.lock();
+        s.idle
+            .retain(|c| !c.tx.is_closed() && now.duration_since(c.since) < timeout);
+        if s.h2
+            .as_ref()
+            .is_some_and(|(tx, used)| tx.is_closed() || now.duration_since(*used) >= timeout)
+        {
+            // NOTE: streams in flight keep the connection open until they finish.
+            s.h2 = None;
+        }
+        let oldest = s
+            .idle
+            .iter()
+            .map(|c| c.since)
+            .chain(s.h2.as_ref().map(|(_, used)| *used))
+            .min();
+        match oldest {
+            Some(t) => Some(t + timeout),
+            None => {
+                s.reaping = false;
+                None
+            }
+        }
+    }
+}
+
+async fn reap(pool: Weak<EndpointPool>, timeout: Duration) {
+    let mut next = Instant::now() + timeout;
+    loop {
+        tokio::time::sleep_until(next).await;
+        let Some(pool) = pool.upgrade() else { return };
+        match pool.expire() {
+            Some(at) => next = at,
+            None => return,
+        }
+    }
+}
+
+// === impl UpstreamBody ===
+
+impl UpstreamBody {
+    fn new(inner: Incoming, checkin: Option<Checkin>) -> Self {
+        Self {
+            inner,
+            checkin,
+            ended: false,
+            _pick: None,
+        }
+    }
+
+    /// Keeps the endpoint's in-flight count until the body ends or is dropped.
+    pub(crate) fn hold(&mut self, pick: Pick) {
+        self._pick = Some(pick);
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some(Checkin { tx, pool }) = self.checkin.take() {
+            // A body dropped before its end leaves the connection mid-response: hyper closes it.
+            if self.ended || self.inner.is_end_stream() {
+                pool.checkin(tx);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("pooled", &self.checkin.is_some())
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
