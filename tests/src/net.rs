@@ -1,12 +1,32 @@
 //! Loopback addresses for configs, and waiting for a port to accept connections.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Mutex;
 use std::time::Duration;
 
-/// A loopback address whose port was free a moment ago: bind port 0, read it, release it.
+/// A loopback port chosen by the OS (port 0) and kept reserved for the life of the test process.
+///
+/// The reservation is a socket bound with `SO_REUSEADDR` that never listens: the proxy (whose
+/// listeners also set `SO_REUSEADDR`) can still bind and listen on the port, but the kernel
+/// no longer hands it out as the local port of an outgoing connection, and no other
+/// `free_addr()` returns it. Releasing the port at once instead would race with both.
 pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr")
+    use socket2::{Domain, Socket, Type};
+    static RESERVED: Mutex<Vec<Socket>> = Mutex::new(Vec::new());
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    socket.bind(&any.into()).expect("bind 127.0.0.1:0");
+    let addr = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("local_addr");
+    RESERVED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(socket);
+    addr
 }
 
 /// Whether `addr` can be bound right now (nobody is listening on it).

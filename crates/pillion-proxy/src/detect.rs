@@ -126,6 +126,30 @@ pub async fn detect<I: AsyncRead + Unpin>(
     }
 }
 
+/// Reads until an HTTP connection's version is known: HTTP/2 with prior knowledge opens with the
+/// preface, anything else is HTTP/1 (whose parser answers what is not HTTP). Returns whether it
+/// is HTTP/2, and the bytes read, to replay in front of the stream.
+///
+/// NOTE: reads with room for a typical request head, so the HTTP/1 parser finds the head whole
+/// in its first read and its buffer stays at its initial size.
+pub async fn read_http_version<I: AsyncRead + Unpin>(
+    io: &mut I,
+) -> std::io::Result<(bool, BytesMut)> {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if io.read_buf(&mut buf).await? == 0 {
+            return Ok((false, buf));
+        }
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok((false, buf));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok((true, buf));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +189,30 @@ mod tests {
         assert_eq!(known(b"SSH-2.0-OpenSSH\r\n"), Some(Opaque));
         assert_eq!(known(b"HELO x\r\n"), Some(Opaque));
         assert_eq!(known(&[b'A'; 40]), Some(Opaque));
+    }
+
+    #[tokio::test]
+    async fn http_version_from_the_first_bytes() {
+        use tokio::io::AsyncWriteExt;
+        let (mut a, mut b) = tokio::io::duplex(64);
+        b.write_all(&H2_PREFACE[..5]).await.unwrap();
+        let reader = tokio::spawn(async move { read_http_version(&mut a).await.unwrap() });
+        tokio::task::yield_now().await;
+        b.write_all(&H2_PREFACE[5..]).await.unwrap();
+        let (h2, buf) = reader.await.unwrap();
+        assert!(h2);
+        assert_eq!(&buf[..], H2_PREFACE);
+
+        let (mut a, mut b) = tokio::io::duplex(64);
+        b.write_all(b"PUT / HTTP/1.1\r\n").await.unwrap();
+        let (h2, buf) = read_http_version(&mut a).await.unwrap();
+        assert!(!h2, "PUT is not PRI");
+        assert_eq!(&buf[..], b"PUT / HTTP/1.1\r\n");
+
+        let (mut a, b) = tokio::io::duplex(64);
+        drop(b);
+        let (h2, buf) = read_http_version(&mut a).await.unwrap();
+        assert!(!h2 && buf.is_empty(), "EOF first");
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,17 +2,15 @@
 
 use crate::{
     cluster::Cluster,
-    detect::{detect, Detected},
+    detect::{detect, read_http_version, Detected},
     http::{ConnCtx, HttpListener, ProxyError, RouteTable},
     io::{IdleIo, PrefixedIo},
     tcp,
 };
 use arc_swap::ArcSwap;
 use bytes::BytesMut;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
-};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pillion_config::{self as config, Config, Protocol, TlsMode};
 use pillion_telemetry::{access_log::AccessLog, Metrics, TcpLabels, TcpStats};
 use pillion_tls::{authz::Policy, PeerInfo, ServerTls, TlsMetrics};
@@ -45,7 +43,8 @@ struct Listener {
     tcp: Option<(Arc<Cluster>, TcpStats)>,
     /// Detection results, indexed like [`Detected`].
     detected: [Counter; 4],
-    http: auto::Builder<TokioExecutor>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
     /// What every HTTP request on this listener shares.
     shared: Arc<HttpListener>,
 }
@@ -264,16 +263,21 @@ async fn serve_connection(
         _ => (true, BytesMut::new()),
     };
     let io = PrefixedIo::new(prefix, stream);
+    // NOTE: boxed so that the plaintext path, the common one, keeps a small task.
     if !tls {
-        return serve_stream(l.clone(), io, peer, None, shutdown, tasks).await;
+        return Box::pin(serve_stream(l.clone(), io, peer, None, shutdown, tasks)).await;
     }
-    match tokio::time::timeout(l.handshake_timeout, server.accept(io)).await {
-        Ok(Ok((tls, info))) => {
-            serve_stream(l.clone(), tls, peer, Some(info), shutdown, tasks).await
+    let server = server.clone();
+    Box::pin(async move {
+        match tokio::time::timeout(l.handshake_timeout, server.accept(io)).await {
+            Ok(Ok((tls, info))) => {
+                serve_stream(l.clone(), tls, peer, Some(info), shutdown, tasks).await
+            }
+            Ok(Err(err)) => debug!(listener = %l.name, %peer, %err, "TLS handshake failed"),
+            Err(_) => debug!(listener = %l.name, %peer, "TLS handshake timed out"),
         }
-        Ok(Err(err)) => debug!(listener = %l.name, %peer, %err, "TLS handshake failed"),
-        Err(_) => debug!(listener = %l.name, %peer, "TLS handshake timed out"),
-    }
+    })
+    .await
 }
 
 /// Reads a connection's first bytes (at least 3, enough to spot a TLS ClientHello), or what came
@@ -304,11 +308,25 @@ async fn serve_stream<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let identity = tls.as_ref().and_then(|t| t.identity.clone());
+    let touched = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let alpn_h2 = tls.as_ref().is_some_and(|t| t.alpn_h2);
     let (detected, prefix) = match l.protocol {
-        Protocol::Http => (Detected::Http1, BytesMut::new()),
         Protocol::Tcp => (Detected::Opaque, BytesMut::new()),
-        Protocol::Auto if tls.as_ref().is_some_and(|t| t.alpn_h2) => {
-            (Detected::Http2, BytesMut::new())
+        Protocol::Http | Protocol::Auto if alpn_h2 => (Detected::Http2, BytesMut::new()),
+        Protocol::Http => {
+            let version = tokio::select! {
+                v = read_http_version(&mut io) => v,
+                _ = crate::io::idle(&touched, l.idle_timeout) => return,
+                _ = shutdown.cancelled() => return,
+            };
+            match version {
+                Ok((true, prefix)) => (Detected::Http2, prefix),
+                Ok((false, prefix)) => (Detected::Http1, prefix),
+                Err(err) => {
+                    debug!(listener = %l.name, %peer, %err, "connection failed before a request");
+                    return;
+                }
+            }
         }
         Protocol::Auto => match detect(&mut io, l.detect_timeout).await {
             Ok((d, prefix)) => {
@@ -321,7 +339,6 @@ async fn serve_stream<I>(
             }
         },
     };
-    let touched = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let io = IdleIo::new(PrefixedIo::new(prefix, io), touched.clone());
     match detected {
         Detected::Http1 | Detected::Http2 => {
@@ -335,74 +352,114 @@ async fn serve_stream<I>(
                 identity,
             });
             let svc = hyper::service::service_fn(move |req| crate::http::handle(ctx.clone(), req));
-            let conn = l.http.serve_connection_with_upgrades(TokioIo::new(io), svc);
-            tokio::pin!(conn);
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    res = conn.as_mut() => {
-                        if let Err(err) = res {
-                            debug!(listener = %l.name, %peer, %err, "HTTP connection ended with an error");
-                        }
-                        break;
-                    }
-                    _ = shutdown.cancelled(), if !closing => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                    _ = crate::io::idle(&touched, l.idle_timeout), if !closing => {
-                        debug!(listener = %l.name, %peer, "idle timeout: closing");
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                }
+            let io = TokioIo::new(io);
+            let result = if detected == Detected::Http2 {
+                // NOTE: boxed; HTTP/2 state is large and an HTTP/1 connection needs none of it.
+                let conn = l.h2.serve_connection(io, svc);
+                Box::pin(drive(
+                    conn,
+                    |c| c.graceful_shutdown(),
+                    &l,
+                    &touched,
+                    &shutdown,
+                ))
+                .await
+            } else {
+                let conn = l.h1.serve_connection(io, svc).with_upgrades();
+                drive(conn, |c| c.graceful_shutdown(), &l, &touched, &shutdown).await
+            };
+            if let Err(err) = result {
+                debug!(listener = %l.name, %peer, %err, "HTTP connection ended with an error");
             }
         }
         Detected::Opaque | Detected::Timeout => {
-            let Some((cluster, stats)) = &l.tcp else {
-                debug!(listener = %l.name, %peer, "not HTTP and no cluster to relay to; closing");
-                return;
-            };
-            let mut entry =
-                l.shared
-                    .access_log
-                    .as_ref()
-                    .map(|_| pillion_telemetry::access_log::Entry {
-                        start_time: Some(std::time::SystemTime::now()),
-                        listener: l.shared.name.clone(),
-                        direction: l.shared.direction,
-                        cluster: Some(cluster.name_arc()),
-                        protocol: "TCP",
-                        response_flags: "-",
-                        downstream_address: Some(peer),
-                        peer_identity: identity.clone(),
-                        ..Default::default()
-                    });
-            let started = tokio::time::Instant::now();
-            let denied = l
-                .shared
-                .policy
-                .as_ref()
-                .is_some_and(|p| !p.check(identity.as_deref(), None).is_allowed());
-            let outcome = if denied {
-                debug!(listener = %l.name, %peer, identity = ?identity, "connection denied by policy; closing");
-                tcp::Outcome {
-                    error: Some(ProxyError::Denied),
-                    ..Default::default()
-                }
-            } else {
-                let idle = crate::io::idle(&touched, l.idle_timeout);
-                tcp::relay(io, cluster, stats, idle).await
-            };
-            if let (Some(log), Some(mut e)) = (&l.shared.access_log, entry.take()) {
-                e.duration = started.elapsed();
-                e.upstream_host = outcome.upstream;
-                e.bytes_received = outcome.rx;
-                e.bytes_sent = outcome.tx;
-                e.response_flags = outcome.error.map_or("-", ProxyError::flag);
-                log.log(e);
+            Box::pin(serve_tcp(&l, io, peer, identity, &touched)).await;
+        }
+    }
+}
+
+/// Runs an HTTP connection to its end; on shutdown or when idle, closes it gracefully (GOAWAY,
+/// or `Connection: close` after the request in flight).
+async fn drive<C>(
+    conn: C,
+    graceful: impl Fn(std::pin::Pin<&mut C>),
+    l: &Listener,
+    touched: &std::sync::atomic::AtomicBool,
+    shutdown: &CancellationToken,
+) -> hyper::Result<()>
+where
+    C: std::future::Future<Output = hyper::Result<()>>,
+{
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => return res,
+            _ = shutdown.cancelled(), if !closing => {
+                graceful(conn.as_mut());
+                closing = true;
+            }
+            _ = crate::io::idle(touched, l.idle_timeout), if !closing => {
+                debug!(listener = %l.name, "idle timeout: closing");
+                graceful(conn.as_mut());
+                closing = true;
             }
         }
+    }
+}
+
+/// Relays an opaque connection to the listener's cluster, within its authorization policy.
+async fn serve_tcp<I>(
+    l: &Listener,
+    io: I,
+    peer: SocketAddr,
+    identity: Option<Arc<str>>,
+    touched: &std::sync::atomic::AtomicBool,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Some((cluster, stats)) = &l.tcp else {
+        debug!(listener = %l.name, %peer, "not HTTP and no cluster to relay to; closing");
+        return;
+    };
+    let mut entry = l
+        .shared
+        .access_log
+        .as_ref()
+        .map(|_| pillion_telemetry::access_log::Entry {
+            start_time: Some(std::time::SystemTime::now()),
+            listener: l.shared.name.clone(),
+            direction: l.shared.direction,
+            cluster: Some(cluster.name_arc()),
+            protocol: "TCP",
+            response_flags: "-",
+            downstream_address: Some(peer),
+            peer_identity: identity.clone(),
+            ..Default::default()
+        });
+    let started = tokio::time::Instant::now();
+    let denied = l
+        .shared
+        .policy
+        .as_ref()
+        .is_some_and(|p| !p.check(identity.as_deref(), None).is_allowed());
+    let outcome = if denied {
+        debug!(listener = %l.name, %peer, identity = ?identity, "connection denied by policy; closing");
+        tcp::Outcome {
+            error: Some(ProxyError::Denied),
+            ..Default::default()
+        }
+    } else {
+        let idle = crate::io::idle(touched, l.idle_timeout);
+        tcp::relay(io, cluster, stats, idle).await
+    };
+    if let (Some(log), Some(mut e)) = (&l.shared.access_log, entry.take()) {
+        e.duration = started.elapsed();
+        e.upstream_host = outcome.upstream;
+        e.bytes_received = outcome.rx;
+        e.bytes_sent = outcome.tx;
+        e.response_flags = outcome.error.map_or("-", ProxyError::flag);
+        log.log(e);
     }
 }
 
@@ -453,12 +510,11 @@ impl Listener {
             }
             _ => None,
         };
-        let mut http = auto::Builder::new(TokioExecutor::new());
-        http.http1()
-            .timer(TokioTimer::new())
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
             .header_read_timeout(cfg.header_timeout.0);
-        http.http2()
-            .timer(TokioTimer::new())
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20);
         let shared = Arc::new(HttpListener {
@@ -488,7 +544,8 @@ impl Listener {
             table: ArcSwap::from_pointee(table),
             tcp,
             detected: metrics.detect_stats(&cfg.name),
-            http,
+            h1,
+            h2,
         })
     }
 }
