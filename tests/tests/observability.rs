@@ -469,7 +469,13 @@ async fn sigusr1_reopens_a_rotated_access_log() {
     let rotated = dir.path().join("access.log.1");
     std::fs::rename(&log, &rotated).expect("rename");
     proxy.signal(nix::sys::signal::Signal::SIGUSR1);
-    // The reopen happens before the next line is written; keep sending until one lands.
+    // Signals arrive asynchronously: wait until the proxy has acted on this one.
+    eventually("the proxy reopening its access log", || {
+        let text = proxy.log_text();
+        async move { text.contains("reopening the access log").then_some(()) }
+    })
+    .await;
+    // Lines written from now on go to the new file; keep sending until one lands.
     eventually("a line in the new file", || {
         let log = log.clone();
         async move {

@@ -196,6 +196,8 @@ impl Admin {
             }
             "/drain" => {
                 info!("drain requested (/drain)");
+                // NOTE: not ready from this answer on, before the listeners stop.
+                self.set_phase(Phase::Draining);
                 c.drain.cancel();
                 text(
                     StatusCode::OK,
@@ -204,6 +206,7 @@ impl Admin {
             }
             "/shutdown" => {
                 info!("shutdown requested (/shutdown)");
+                self.set_phase(Phase::Draining);
                 c.shutdown.cancel();
                 text(StatusCode::OK, "shutting down after the drain\n")
             }

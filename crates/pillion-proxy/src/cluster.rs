@@ -59,7 +59,7 @@ pub struct Cluster {
 /// The endpoints in use: their live state, and what the data path needs of each address.
 struct Resolved {
     set: EndpointSet,
-    meta: HashMap<SocketAddr, Endpoint>,
+    meta: HashMap<SocketAddr, Arc<Endpoint>>,
 }
 
 /// One resolved endpoint.
@@ -265,7 +265,7 @@ impl Cluster {
     }
 
     /// Picks an endpoint for a TCP connection or an HTTP try; `None` when there is none.
-    pub fn pick(&self) -> Option<(pillion_layers::balance::Pick, Endpoint)> {
+    pub fn pick(&self) -> Option<(pillion_layers::balance::Pick, Arc<Endpoint>)> {
         let r = self.resolved.load();
         let pick = r.set.pick_or_panic()?;
         let ep = r.meta.get(&pick.addr())?.clone();
@@ -273,7 +273,10 @@ impl Cluster {
     }
 
     /// Like [`Cluster::pick`], but skips endpoints in `tried` while others are left (a few draws).
-    fn pick_untried(&self, tried: &Tried) -> Option<(pillion_layers::balance::Pick, Endpoint)> {
+    fn pick_untried(
+        &self,
+        tried: &Tried,
+    ) -> Option<(pillion_layers::balance::Pick, Arc<Endpoint>)> {
         // NOTE: a per-request lock, held for a few comparisons; never shared between requests.
         let Ok(mut tried) = tried.0.lock() else {
             return self.pick();
@@ -493,7 +496,7 @@ impl Endpoint {
         cluster: &str,
         metrics: Option<&Metrics>,
         idle_timeout: Duration,
-    ) -> Option<Self> {
+    ) -> Option<Arc<Self>> {
         // NOTE: a SocketAddr always formats as a valid authority; `None` is unreachable in practice.
         let authority = Authority::try_from(addr.to_string()).ok()?;
         let uri = Uri::builder()
@@ -503,13 +506,13 @@ impl Endpoint {
             .build()
             .ok()?;
         let stats = metrics.map(|m| m.endpoint_stats(cluster, &addr.to_string()));
-        Some(Self {
+        Some(Arc::new(Self {
             addr,
             authority,
             uri,
             pool: EndpointPool::new(idle_timeout),
             stats,
-        })
+        }))
     }
 }
 

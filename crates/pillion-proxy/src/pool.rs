@@ -7,8 +7,9 @@
 //! HTTP/2: one shared connection per endpoint, opened by the first request that needs it while
 //! the others wait for it, and replaced when it closes.
 //!
-//! Connections idle longer than the cluster's `idle_timeout` are closed by a reaper task that
-//! runs only while the endpoint has connections. A request refused by a reused connection before
+//! Connections idle for the cluster's `idle_timeout` (at most twice that) are closed by a reaper
+//! task that runs only while the endpoint has connections. It marks what it finds idle and closes
+//! what it had already marked, so the request path reads no clock. A request refused by a reused connection before
 //! any of it was sent (the upstream closed it while idle) is sent again on another connection.
 
 use crate::{
@@ -35,7 +36,6 @@ use std::{
     task::{Context, Poll},
     time::Duration,
 };
-use tokio::time::Instant;
 use tower::ServiceExt;
 use tracing::debug;
 
@@ -67,8 +67,8 @@ pub struct EndpointPool {
 struct State {
     /// Idle HTTP/1.1 connections, most recently used last.
     idle: Vec<Idle>,
-    /// The shared HTTP/2 connection and when a request last used it.
-    h2: Option<(http2::SendRequest<SendBody>, Instant)>,
+    /// The shared HTTP/2 connection, and whether a request used it since the reaper last looked.
+    h2: Option<(http2::SendRequest<SendBody>, bool)>,
     /// Whether the reaper task is running.
     reaping: bool,
 }
@@ -76,7 +76,8 @@ struct State {
 #[derive(Debug)]
 struct Idle {
     tx: http1::SendRequest<SendBody>,
-    since: Instant,
+    /// Already idle when the reaper last looked.
+    marked: bool,
 }
 
 /// A response body from upstream. An HTTP/1.1 connection returns to its pool when the body has
@@ -272,7 +273,7 @@ impl EndpointPool {
         while i > 0 {
             i -= 1;
             let c = &s.idle[i];
-            if c.tx.is_closed() || c.since.elapsed() >= self.idle_timeout {
+            if c.tx.is_closed() {
                 s.idle.remove(i);
             } else if c.tx.is_ready() {
                 return Some(s.idle.remove(i).tx);
@@ -285,9 +286,8 @@ impl EndpointPool {
         if tx.is_closed() {
             return;
         }
-        let since = Instant::now();
         let mut s = self.lock();
-        s.idle.push(Idle { tx, since });
+        s.idle.push(Idle { tx, marked: false });
         self.start_reaper(&mut s);
     }
 
@@ -295,7 +295,7 @@ impl EndpointPool {
         let mut s = self.lock();
         match &mut s.h2 {
             Some((tx, used)) if !tx.is_closed() => {
-                *used = Instant::now();
+                *used = true;
                 Some(tx.clone())
             }
             Some(_) => {
@@ -308,7 +308,7 @@ impl EndpointPool {
 
     fn set_h2(self: &Arc<Self>, tx: http2::SendRequest<SendBody>) {
         let mut s = self.lock();
-        s.h2 = Some((tx, Instant::now()));
+        s.h2 = Some((tx, true));
         self.start_reaper(&mut s);
     }
 
@@ -331,45 +331,37 @@ impl EndpointPool {
         }
     }
 
-    /// Closes what has been idle too long; returns when to look again, or `None` to stop (the
-    /// pool is empty).
-    fn expire(&self) -> Option<Instant> {
-        let now = Instant::now();
-        let timeout = self.idle_timeout;
+    /// Closes what was already idle at the previous look and marks what is idle now; returns
+    /// false to stop (the pool is empty).
+    fn expire(&self) -> bool {
         let mut s = self.lock();
-        s.idle
-            .retain(|c| !c.tx.is_closed() && now.duration_since(c.since) < timeout);
-        if s.h2
-            .as_ref()
-            .is_some_and(|(tx, used)| tx.is_closed() || now.duration_since(*used) >= timeout)
-        {
-            // NOTE: streams in flight keep the connection open until they finish.
-            s.h2 = None;
-        }
-        let oldest = s
-            .idle
-            .iter()
-            .map(|c| c.since)
-            .chain(s.h2.as_ref().map(|(_, used)| *used))
-            .min();
-        match oldest {
-            Some(t) => Some(t + timeout),
-            None => {
-                s.reaping = false;
-                None
+        s.idle.retain_mut(|c| {
+            let keep = !c.marked && !c.tx.is_closed();
+            c.marked = true;
+            keep
+        });
+        if let Some((tx, used)) = &mut s.h2 {
+            if !*used || tx.is_closed() {
+                // NOTE: streams in flight keep the connection open until they finish.
+                s.h2 = None;
+            } else {
+                *used = false;
             }
         }
+        if s.idle.is_empty() && s.h2.is_none() {
+            s.reaping = false;
+            return false;
+        }
+        true
     }
 }
 
-async fn reap(pool: Weak<EndpointPool>, timeout: Duration) {
-    let mut next = Instant::now() + timeout;
+async fn reap(pool: Weak<EndpointPool>, every: Duration) {
     loop {
-        tokio::time::sleep_until(next).await;
+        tokio::time::sleep(every).await;
         let Some(pool) = pool.upgrade() else { return };
-        match pool.expire() {
-            Some(at) => next = at,
-            None => return,
+        if !pool.expire() {
+            return;
         }
     }
 }

@@ -391,10 +391,10 @@ async fn watch_signals(shutdown: CancellationToken, access_log: Option<AccessLog
             _ = term.recv() => info!("SIGTERM"),
             _ = int.recv() => info!("SIGINT"),
             _ = usr1.recv() => {
-                info!("SIGUSR1: reopening the access log");
                 if let Some(l) = &access_log {
                     l.reopen();
                 }
+                info!("SIGUSR1: reopening the access log");
                 continue;
             }
         }

@@ -85,26 +85,30 @@ pub fn client_ip(client: IpAddr) -> HeaderValue {
 
 /// Appends the client address to `x-forwarded-for`; sets `x-forwarded-proto` when absent.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &'static str) {
-    if !headers.contains_key(&X_FORWARDED_FOR) {
-        // The common case: no earlier hop, and no allocation.
-        headers.insert(X_FORWARDED_FOR, client.clone());
-    } else {
-        // Earlier hops may arrive as several header lines; fold them all into one list.
-        let mut v = Vec::with_capacity(64);
-        for prev in headers.get_all(&X_FORWARDED_FOR) {
-            let prev = prev.as_bytes().trim_ascii();
-            if !prev.is_empty() {
-                v.extend_from_slice(prev);
-                v.extend_from_slice(b", ");
+    use http::header::Entry;
+    // NOTE: one lookup per header through the entry API; the common case allocates nothing.
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(e) => {
+            e.insert(client.clone());
+        }
+        Entry::Occupied(mut e) => {
+            // Earlier hops may arrive as several header lines; fold them all into one list.
+            let mut v = Vec::with_capacity(64);
+            for prev in e.iter() {
+                let prev = prev.as_bytes().trim_ascii();
+                if !prev.is_empty() {
+                    v.extend_from_slice(prev);
+                    v.extend_from_slice(b", ");
+                }
+            }
+            v.extend_from_slice(client.as_bytes());
+            if let Ok(value) = HeaderValue::from_bytes(&v) {
+                e.insert(value);
             }
         }
-        v.extend_from_slice(client.as_bytes());
-        if let Ok(value) = HeaderValue::from_bytes(&v) {
-            headers.insert(X_FORWARDED_FOR, value);
-        }
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Entry::Vacant(e) = headers.entry(X_FORWARDED_PROTO) {
+        e.insert(HeaderValue::from_static(proto));
     }
 }
 

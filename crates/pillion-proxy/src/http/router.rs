@@ -401,8 +401,8 @@ impl Policies {
             .option_layer(self.timeout.map(TimeoutLayer::request))
             .layer(
                 // NOTE: the transparent retry of requests nothing of which was sent is made by the
-                // pooled client itself (hyper-util's `retry_canceled_requests`), so this layer's
-                // copy is off: without a policy the layer passes requests straight through.
+                // endpoint pool itself (a reused connection that refuses a request), so this
+                // layer's copy is off: without a policy the layer passes requests straight through.
                 RetryLayer::new(self.retry.clone())
                     .with_transparent(Transparent {
                         enabled: false,
