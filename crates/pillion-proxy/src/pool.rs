@@ -7,9 +7,10 @@
 //! HTTP/2: one shared connection per endpoint, opened by the first request that needs it while
 //! the others wait for it, and replaced when it closes.
 //!
-//! Connections idle for the cluster's `idle_timeout` (at most twice that) are closed by a reaper
-//! task that runs only while the endpoint has connections. It marks what it finds idle and closes
-//! what it had already marked, so the request path reads no clock. A request refused by a reused connection before
+//! Connections idle for the cluster's `idle_timeout` are closed by a reaper task that runs only
+//! while the endpoint has connections. It looks every quarter of the timeout and closes what it
+//! has found idle [`REAP_TICKS`] times in a row (after 3/4 to 4/4 of the timeout, never later, so
+//! a connection is not reused past an app's keep-alive), and the request path reads no clock. A request refused by a reused connection before
 //! any of it was sent (the upstream closed it while idle) is sent again on another connection.
 
 use crate::{
@@ -39,6 +40,10 @@ use std::{
 use tower::ServiceExt;
 use tracing::debug;
 
+/// How many consecutive looks, a quarter of `idle_timeout` apart, find a connection idle before
+/// it is closed.
+const REAP_TICKS: u8 = 4;
+
 /// The body sent upstream.
 pub(crate) type SendBody = ReplayBody<RequestBody>;
 
@@ -67,8 +72,8 @@ pub struct EndpointPool {
 struct State {
     /// Idle HTTP/1.1 connections, most recently used last.
     idle: Vec<Idle>,
-    /// The shared HTTP/2 connection, and whether a request used it since the reaper last looked.
-    h2: Option<(http2::SendRequest<SendBody>, bool)>,
+    /// The shared HTTP/2 connection, and how many looks of the reaper in a row found it unused.
+    h2: Option<(http2::SendRequest<SendBody>, u8)>,
     /// Whether the reaper task is running.
     reaping: bool,
 }
@@ -76,8 +81,8 @@ struct State {
 #[derive(Debug)]
 struct Idle {
     tx: http1::SendRequest<SendBody>,
-    /// Already idle when the reaper last looked.
-    marked: bool,
+    /// How many looks of the reaper found it idle.
+    ticks: u8,
 }
 
 /// A response body from upstream. An HTTP/1.1 connection returns to its pool when the body has
@@ -287,15 +292,15 @@ impl EndpointPool {
             return;
         }
         let mut s = self.lock();
-        s.idle.push(Idle { tx, marked: false });
+        s.idle.push(Idle { tx, ticks: 0 });
         self.start_reaper(&mut s);
     }
 
     fn checkout_h2(&self) -> Option<http2::SendRequest<SendBody>> {
         let mut s = self.lock();
         match &mut s.h2 {
-            Some((tx, used)) if !tx.is_closed() => {
-                *used = true;
+            Some((tx, unused)) if !tx.is_closed() => {
+                *unused = 0;
                 Some(tx.clone())
             }
             Some(_) => {
@@ -308,7 +313,7 @@ impl EndpointPool {
 
     fn set_h2(self: &Arc<Self>, tx: http2::SendRequest<SendBody>) {
         let mut s = self.lock();
-        s.h2 = Some((tx, true));
+        s.h2 = Some((tx, 0));
         self.start_reaper(&mut s);
     }
 
@@ -327,25 +332,26 @@ impl EndpointPool {
         // NOTE: outside a runtime (only while one shuts down) nothing is left to reap for.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             s.reaping = true;
-            rt.spawn(reap(Arc::downgrade(self), self.idle_timeout));
+            rt.spawn(reap(
+                Arc::downgrade(self),
+                self.idle_timeout / u32::from(REAP_TICKS),
+            ));
         }
     }
 
-    /// Closes what was already idle at the previous look and marks what is idle now; returns
-    /// false to stop (the pool is empty).
+    /// One look of the reaper: counts it on every idle connection and closes those idle for
+    /// [`REAP_TICKS`] looks; returns false to stop (the pool is empty).
     fn expire(&self) -> bool {
         let mut s = self.lock();
         s.idle.retain_mut(|c| {
-            let keep = !c.marked && !c.tx.is_closed();
-            c.marked = true;
-            keep
+            c.ticks += 1;
+            c.ticks < REAP_TICKS && !c.tx.is_closed()
         });
-        if let Some((tx, used)) = &mut s.h2 {
-            if !*used || tx.is_closed() {
+        if let Some((tx, unused)) = &mut s.h2 {
+            *unused += 1;
+            if *unused >= REAP_TICKS || tx.is_closed() {
                 // NOTE: streams in flight keep the connection open until they finish.
                 s.h2 = None;
-            } else {
-                *used = false;
             }
         }
         if s.idle.is_empty() && s.h2.is_none() {
@@ -425,5 +431,51 @@ impl std::fmt::Debug for UpstreamBody {
             .field("pooled", &self.checkin.is_some())
             .field("ended", &self.ended)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP/1.1 sender over an in-memory pipe; the peer end is returned to keep it open.
+    async fn sender() -> (http1::SendRequest<SendBody>, tokio::io::DuplexStream) {
+        let (client, server) = tokio::io::duplex(1024);
+        let (mut tx, conn) = http1::handshake(TokioIo::new(client)).await.unwrap();
+        tokio::spawn(conn);
+        tx.ready().await.unwrap();
+        (tx, server)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_are_closed_within_the_idle_timeout() {
+        let timeout = Duration::from_secs(4);
+        let pool = EndpointPool::new(timeout);
+        let (tx, _peer) = sender().await;
+        assert!(tx.is_ready());
+        pool.checkin(tx);
+        assert_eq!(pool.lock().idle.len(), 1);
+
+        // Three looks (3s) find it idle: kept. The fourth, at the timeout, closes it.
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        assert_eq!(pool.lock().idle.len(), 1, "kept before 3/4 of the timeout");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(pool.lock().idle.len(), 0, "closed by the timeout");
+        assert!(!pool.lock().reaping, "the reaper stops with the pool empty");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn checkout_takes_the_most_recent_ready_connection_and_skips_closed_ones() {
+        let pool = EndpointPool::new(Duration::from_secs(60));
+        let (old, _a) = sender().await;
+        let (closed, peer) = sender().await;
+        pool.checkin(old);
+        pool.checkin(closed);
+        drop(peer);
+        // Let the connection task see the peer go away.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let got = pool.checkout_h1().expect("the open connection");
+        assert!(!got.is_closed());
+        assert!(pool.checkout_h1().is_none(), "the closed one was dropped");
     }
 }
