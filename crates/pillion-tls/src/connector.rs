@@ -24,7 +24,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///
 /// TLS is decided by the cluster config, not the URI scheme (`http://` URIs are fine). A TCP
 /// connect failure is `HttpConnector`'s error; a handshake failure is a [`TlsError`] (find it
-/// under hyper-util's client error with [`crate::find_tls_error`]).
+/// under the errors that wrap it with [`crate::find_tls_error`]).
 #[derive(Clone, Debug)]
 pub struct TlsConnector {
     http: HttpConnector,

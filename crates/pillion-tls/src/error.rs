@@ -96,7 +96,7 @@ impl TlsError {
     }
 }
 
-/// Finds a [`TlsError`] in an error's `source()` chain (for example under hyper-util's client
+/// Finds a [`TlsError`] in an error's `source()` chain (for example under a connect
 /// error), to tell a TLS failure from a TCP connect failure.
 pub fn find_tls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a TlsError> {
     let mut cur = Some(err);

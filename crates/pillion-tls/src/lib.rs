@@ -3,7 +3,7 @@
 //!
 //! - [`ServerTls`] terminates mutual TLS on a listener and reports the peer's identity.
 //! - [`ClientTls`] originates TLS from a cluster, checking the server's SPIFFE identity, and
-//!   [`TlsConnector`] plugs it into hyper-util's pooled client.
+//!   [`TlsConnector`] plugs it into the connection pools (a tower `Service<Uri>`).
 //! - [`authz::Policy`] decides per request (or per TCP connection) from the peer identity.
 //! - [`cert`] is the `pillion cert` subcommand that makes a CA and workload certificates.
 //!
