@@ -223,14 +223,7 @@ where
         let res = std::task::ready!(inner.poll(cx));
         let permit = this.permit.take();
         Poll::Ready(match res {
-            Ok(rsp) => Ok(rsp.map(|body| {
-                // An empty body is over already: release now.
-                let permit = permit.filter(|_| !body.is_end_stream());
-                ResponseBody {
-                    inner: body,
-                    permit,
-                }
-            })),
+            Ok(rsp) => Ok(rsp.map(|body| ResponseBody::holding(body, permit))),
             Err(e) => Err(e.into()),
         })
     }
@@ -245,6 +238,14 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         permit: Option<Permit>,
+    }
+}
+
+impl<B: Body> ResponseBody<B> {
+    /// Holds `permit` until `inner` ends; an empty body is over already, so it is released now.
+    pub fn holding(inner: B, permit: Option<Permit>) -> Self {
+        let permit = permit.filter(|_| !inner.is_end_stream());
+        Self { inner, permit }
     }
 }
 

@@ -406,6 +406,20 @@ impl Cluster {
         }
     }
 
+    /// Sends a request of a route without policies: within `max_requests`, one try, with none of
+    /// the route stack's layers (the permit is held until the response body ends).
+    pub(crate) async fn send_direct(
+        &self,
+        req: Request<crate::http::RequestBody>,
+    ) -> Result<Response<limit::ResponseBody<UpstreamBody>>, BoxError> {
+        let permit = self.max_requests.try_acquire()?;
+        // NOTE: boxed, as the route stack's cluster service is, so an idle connection's task
+        // does not carry the size of an upstream exchange.
+        let rsp =
+            Box::pin(self.send(req.map(pillion_layers::retry::ReplayBody::passthrough))).await?;
+        Ok(rsp.map(|body| limit::ResponseBody::holding(body, Some(permit))))
+    }
+
     /// Sends one try: picks an endpoint, points the request at it, and records the outcome.
     async fn send(&self, mut req: Request<SendBody>) -> Result<Response<UpstreamBody>, BoxError> {
         let (pick, ep) = match req.extensions().get::<Tried>() {

@@ -280,7 +280,11 @@ async fn forward(
             .insert(crate::cluster::Tried::default());
     }
     let sent = Instant::now();
-    let result = target.service.clone().oneshot(req).await;
+    let result = if target.direct {
+        target.cluster.send_direct(req).await
+    } else {
+        target.service.clone().oneshot(req).await
+    };
     upstream.service_time = Some(sent.elapsed());
     let mut rsp = match result {
         Ok(rsp) => rsp,

@@ -61,6 +61,9 @@ pub struct Target {
     pub service: RouteService,
     /// Whether the route retries (so tries should spread over endpoints).
     pub retries: bool,
+    /// Whether the route has no policy at all, so requests skip `service` and go straight to the
+    /// cluster (within its `max_requests`).
+    pub direct: bool,
 }
 
 impl std::fmt::Debug for Target {
@@ -242,6 +245,10 @@ impl Route {
                 stats,
                 service,
                 retries: policies.retry.is_some(),
+                direct: policies.rate_limit.is_none()
+                    && policies.fault.is_none()
+                    && policies.timeout.is_none()
+                    && policies.retry.is_none(),
             })
         };
         let targets = match &cfg.cluster {
