@@ -321,12 +321,13 @@ async fn forward(
 /// Set on a response the proxy retried: how many tries it took.
 pub const ATTEMPTS_HEADER: http::HeaderName = http::HeaderName::from_static("x-pillion-attempts");
 
-/// Joins the two halves of an upgraded connection (e.g. a WebSocket) until both sides close.
+/// Joins the two halves of an upgraded connection (e.g. a WebSocket) until both sides close,
+/// with the TCP relay's buffers (small while quiet, growing under bulk transfer).
 async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
     match tokio::try_join!(downstream, upstream) {
         Ok((d, u)) => {
             let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
-            match tokio::io::copy_bidirectional(&mut d, &mut u).await {
+            match crate::tcp::copy_bidirectional(&mut d, &mut u).await {
                 Ok((rx, tx)) => debug!(rx, tx, "upgraded connection closed"),
                 Err(err) => debug!(%err, "upgraded connection ended with an error"),
             }
