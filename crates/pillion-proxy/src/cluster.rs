@@ -190,7 +190,7 @@ impl Cluster {
                 max_connections.clone(),
                 max_pending.clone(),
             );
-            Connector::new(counted, h2)
+            Connector::new(counted)
         };
         let health_check = cfg.health_check.as_ref().map(|h| HealthCheckConfig {
             kind: match &h.http_path {
@@ -427,16 +427,19 @@ impl Cluster {
             Some(tried) => self.pick_untried(tried),
         }
         .ok_or(NoEndpoint)?;
-        let connector = if req.version() == http::Version::HTTP_2 {
+        let h2 = req.version() == http::Version::HTTP_2;
+        if h2 {
             to_h2_form(&mut req, &ep.authority)?;
-            &self.h2
         } else {
             to_origin_form(&mut req);
-            &self.h1
-        };
+        }
         self.upstream.requests.inc();
         let started = Instant::now();
-        let result = connector.send(&ep, req).await;
+        let result = if h2 {
+            self.h2.send_h2(&ep, req).await
+        } else {
+            self.h1.send_h1(&ep, req).await
+        };
         let elapsed = started.elapsed();
         match result {
             Ok(mut rsp) => {

@@ -49,11 +49,11 @@ pub(crate) type SendBody = ReplayBody<RequestBody>;
 
 type Conn = CountedConn<TokioIo<MaybeTls>>;
 
-/// Opens connections for a cluster: TCP (and TLS), counted and within the cluster's limits.
+/// Opens connections for a cluster, for one HTTP version: TCP (and TLS), counted and within the
+/// cluster's limits.
 #[derive(Clone)]
 pub(crate) struct Connector {
     inner: Counted<TlsConnector>,
-    h2: bool,
 }
 
 /// The pooled connections to one endpoint.
@@ -102,9 +102,9 @@ struct Checkin {
 // === impl Connector ===
 
 impl Connector {
-    /// A connector for HTTP/1.1 or HTTP/2 connections.
-    pub(crate) fn new(inner: Counted<TlsConnector>, h2: bool) -> Self {
-        Self { inner, h2 }
+    /// A connector over `inner`, whose TLS (ALPN) matches the version it is used for.
+    pub(crate) fn new(inner: Counted<TlsConnector>) -> Self {
+        Self { inner }
     }
 
     async fn open(&self, ep: &Endpoint) -> Result<Conn, BoxError> {
@@ -121,20 +121,8 @@ impl Connector {
             )
     }
 
-    /// Sends `req` to `ep` on a pooled connection, opening one if needed.
-    pub(crate) async fn send(
-        &self,
-        ep: &Endpoint,
-        req: Request<SendBody>,
-    ) -> Result<Response<UpstreamBody>, BoxError> {
-        if self.h2 {
-            self.send_h2(ep, req).await
-        } else {
-            self.send_h1(ep, req).await
-        }
-    }
-
-    async fn send_h1(
+    /// Sends `req` to `ep` on an idle pooled HTTP/1.1 connection, opening one if there is none.
+    pub(crate) async fn send_h1(
         &self,
         ep: &Endpoint,
         mut req: Request<SendBody>,
@@ -190,7 +178,8 @@ impl Connector {
         Ok(tx)
     }
 
-    async fn send_h2(
+    /// Sends `req` to `ep` on its shared HTTP/2 connection, opening it if needed.
+    pub(crate) async fn send_h2(
         &self,
         ep: &Endpoint,
         mut req: Request<SendBody>,
@@ -472,8 +461,17 @@ mod tests {
         pool.checkin(old);
         pool.checkin(closed);
         drop(peer);
-        // Let the connection task see the peer go away.
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Wait for the connection task to see the peer go away.
+        for _ in 0..10_000 {
+            if pool.lock().idle.iter().any(|c| c.tx.is_closed()) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            pool.lock().idle.iter().any(|c| c.tx.is_closed()),
+            "the peer's close was seen"
+        );
         let got = pool.checkout_h1().expect("the open connection");
         assert!(!got.is_closed());
         assert!(pool.checkout_h1().is_none(), "the closed one was dropped");
