@@ -79,7 +79,8 @@ pub struct Listener {
     /// Close a downstream connection idle this long.
     #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout: Duration,
-    /// Cut off an HTTP/1 client that has not sent its whole request head within this.
+    /// Answer 408 and cut off an HTTP/1 client whose request head has not come whole within
+    /// this of its first byte (and a TLS handshake that takes longer).
     #[serde(default = "defaults::header_timeout")]
     pub header_timeout: Duration,
     /// A rate limit over every HTTP request on this listener.

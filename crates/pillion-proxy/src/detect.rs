@@ -130,16 +130,33 @@ pub async fn detect<I: AsyncRead + Unpin>(
 /// preface, anything else is HTTP/1 (whose parser answers what is not HTTP). Returns whether it
 /// is HTTP/2, and the bytes read, to replay in front of the stream.
 ///
+/// The first read waits as long as the caller lets it; the bytes after it must come within
+/// `head_timeout` (a client that stalls inside the HTTP/2 preface gets a `TimedOut` error).
+///
 /// NOTE: reads with room for a typical request head, so the HTTP/1 parser finds the head whole
 /// in its first read and its buffer stays at its initial size.
 pub async fn read_http_version<I: AsyncRead + Unpin>(
     io: &mut I,
+    head_timeout: std::time::Duration,
 ) -> std::io::Result<(bool, BytesMut)> {
     let mut buf = BytesMut::with_capacity(4096);
+    let mut deadline = None;
     loop {
-        if io.read_buf(&mut buf).await? == 0 {
+        let read = match deadline {
+            None => io.read_buf(&mut buf).await?,
+            Some(at) => tokio::time::timeout_at(at, io.read_buf(&mut buf))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the HTTP/2 preface did not arrive in time",
+                    )
+                })??,
+        };
+        if read == 0 {
             return Ok((false, buf));
         }
+        deadline.get_or_insert_with(|| tokio::time::Instant::now() + head_timeout);
         let n = buf.len().min(H2_PREFACE.len());
         if buf[..n] != H2_PREFACE[..n] {
             return Ok((false, buf));
@@ -196,7 +213,7 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let (mut a, mut b) = tokio::io::duplex(64);
         b.write_all(&H2_PREFACE[..5]).await.unwrap();
-        let reader = tokio::spawn(async move { read_http_version(&mut a).await.unwrap() });
+        let reader = tokio::spawn(async move { read_http_version(&mut a, SECOND).await.unwrap() });
         tokio::task::yield_now().await;
         b.write_all(&H2_PREFACE[5..]).await.unwrap();
         let (h2, buf) = reader.await.unwrap();
@@ -205,14 +222,31 @@ mod tests {
 
         let (mut a, mut b) = tokio::io::duplex(64);
         b.write_all(b"PUT / HTTP/1.1\r\n").await.unwrap();
-        let (h2, buf) = read_http_version(&mut a).await.unwrap();
+        let (h2, buf) = read_http_version(&mut a, SECOND).await.unwrap();
         assert!(!h2, "PUT is not PRI");
         assert_eq!(&buf[..], b"PUT / HTTP/1.1\r\n");
 
         let (mut a, b) = tokio::io::duplex(64);
         drop(b);
-        let (h2, buf) = read_http_version(&mut a).await.unwrap();
+        let (h2, buf) = read_http_version(&mut a, SECOND).await.unwrap();
         assert!(!h2 && buf.is_empty(), "EOF first");
+    }
+
+    const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_http2_preface_times_out_from_its_first_byte() {
+        use tokio::io::AsyncWriteExt;
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let reader = tokio::spawn(async move { read_http_version(&mut a, SECOND).await });
+        // Silence before the first byte is the idle timeout's business, not this one's.
+        tokio::time::sleep(10 * SECOND).await;
+        assert!(!reader.is_finished());
+        b.write_all(&H2_PREFACE[..5]).await.unwrap();
+        let start = tokio::time::Instant::now();
+        let err = reader.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), SECOND);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,11 +1,15 @@
 //! I/O helpers: a stream with bytes already read put back in front of it, byte counting, and
-//! idle detection.
+//! what a downstream connection is doing (idle, or reading a request head).
 
 use bytes::{Buf, BytesMut};
 use prometheus_client::metrics::counter::Counter;
 use std::{
     io,
     pin::Pin,
+    sync::{
+        atomic::{AtomicBool, AtomicU8, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -34,47 +38,137 @@ pin_project_lite::pin_project! {
 }
 
 pin_project_lite::pin_project! {
-    /// Marks `touched` whenever bytes move, so an idle check can tell a quiet connection.
+    /// A downstream connection's stream, reporting to its [`Activity`] as bytes move.
     #[derive(Debug)]
     pub struct IdleIo<I> {
         #[pin]
         io: I,
-        touched: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        activity: Arc<Activity>,
     }
 }
 
-/// Resolves once the stream behind `touched` has moved no byte for at least `idle` (and at most
+/// What a downstream connection is doing: whether bytes moved lately (for the idle timeout) and,
+/// on HTTP/1, whether a request head is being read (for the head timeout).
+///
+/// NOTE: flags rather than clock reads or timers, so the data path pays two relaxed atomics per
+/// read. A head that arrives whole in one read, the common case, never arms a timer.
+#[derive(Debug)]
+pub struct Activity {
+    touched: AtomicBool,
+    phase: AtomicU8,
+}
+
+/// Between requests: no byte of the next one has come.
+const WAITING: u8 = 0;
+/// Bytes of a request head have come; it has not been dispatched yet.
+const HEAD: u8 = 1;
+/// A request is dispatched and its response not finished; bytes read are its body.
+const BUSY: u8 = 2;
+/// The head took too long: the next read answers 408 and ends the stream.
+const CUT: u8 = 3;
+/// Cut, and the 408 written.
+const CLOSED: u8 = 4;
+
+/// The answer to a client whose request head did not arrive in time.
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+/// Ends a request's [`Activity::request_started`] when dropped (with its response body).
+#[derive(Debug)]
+pub struct RequestGuard(Arc<Activity>);
+
+/// Resolves once the stream behind `activity` has moved no byte for at least `idle` (and at most
 /// twice that): a flag instead of a clock read keeps the data path free of syscalls.
-pub async fn idle(touched: &std::sync::atomic::AtomicBool, idle: std::time::Duration) {
-    use std::sync::atomic::Ordering;
+pub async fn idle(activity: &Activity, idle: std::time::Duration) {
     loop {
         tokio::time::sleep(idle).await;
-        if !touched.swap(false, Ordering::Relaxed) {
+        if !activity.touched.swap(false, Ordering::Relaxed) {
             return;
         }
+    }
+}
+
+// === impl Activity ===
+
+impl Activity {
+    /// A new connection: touched, waiting for its first request.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            touched: AtomicBool::new(true),
+            phase: AtomicU8::new(WAITING),
+        })
+    }
+
+    /// A request head has been read whole and dispatched; the returned guard ends the request.
+    pub fn request_started(self: &Arc<Self>) -> RequestGuard {
+        self.phase.store(BUSY, Ordering::Relaxed);
+        RequestGuard(self.clone())
+    }
+
+    /// Whether part of a request head has come and the head is not complete yet.
+    pub fn reading_head(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) == HEAD
+    }
+
+    /// The head timeout fired: the stream's next read answers 408 and then reports its end.
+    pub fn cut(&self) {
+        self.phase.store(CUT, Ordering::Relaxed);
+    }
+
+    fn read(&self, n: usize) {
+        self.touched.store(true, Ordering::Relaxed);
+        // NOTE: bytes after the response, or before the first request, start a head. Bytes of a
+        // pipelined head read while the request before it is busy start no timer; the idle timeout
+        // still bounds a client that stops there.
+        if n > 0 && self.phase.load(Ordering::Relaxed) == WAITING {
+            self.phase.store(HEAD, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .phase
+            .compare_exchange(BUSY, WAITING, Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 
 // === impl IdleIo ===
 
 impl<I> IdleIo<I> {
-    /// Wraps `io`, setting `touched` on every read or write.
-    pub fn new(io: I, touched: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
-        Self { io, touched }
+    /// Wraps `io`, reporting reads and writes to `activity`.
+    pub fn new(io: I, activity: Arc<Activity>) -> Self {
+        Self { io, activity }
     }
 }
 
-impl<I: AsyncRead> AsyncRead for IdleIo<I> {
+impl<I: AsyncRead + AsyncWrite> AsyncRead for IdleIo<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.project();
+        let mut this = self.project();
+        match this.activity.phase.load(Ordering::Relaxed) {
+            CUT => {
+                // Best effort: if the socket cannot take the whole answer now, the client gets the close alone.
+                this.activity.phase.store(CLOSED, Ordering::Relaxed);
+                if let Poll::Ready(Ok(n)) = this.io.as_mut().poll_write(cx, REQUEST_TIMEOUT) {
+                    if n == REQUEST_TIMEOUT.len() {
+                        let _ = this.io.as_mut().poll_flush(cx);
+                    }
+                }
+                return Poll::Ready(Ok(()));
+            }
+            CLOSED => return Poll::Ready(Ok(())),
+            _ => {}
+        }
+        let before = buf.filled().len();
         let res = this.io.poll_read(cx, buf);
         if res.is_ready() {
-            this.touched
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            this.activity.read(buf.filled().len() - before);
         }
         res
     }
@@ -89,8 +183,7 @@ impl<I: AsyncWrite> AsyncWrite for IdleIo<I> {
         let this = self.project();
         let res = this.io.poll_write(cx, buf);
         if res.is_ready() {
-            this.touched
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            this.activity.touched.store(true, Ordering::Relaxed);
         }
         res
     }
@@ -111,8 +204,7 @@ impl<I: AsyncWrite> AsyncWrite for IdleIo<I> {
         let this = self.project();
         let res = this.io.poll_write_vectored(cx, bufs);
         if res.is_ready() {
-            this.touched
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            this.activity.touched.store(true, Ordering::Relaxed);
         }
         res
     }
@@ -265,12 +357,53 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_fires_only_after_a_quiet_period() {
-        use std::sync::{atomic::AtomicBool, Arc};
-        let touched = Arc::new(AtomicBool::new(true));
+        let activity = Activity::new();
         let start = tokio::time::Instant::now();
-        idle(&touched, std::time::Duration::from_secs(1)).await;
+        idle(&activity, std::time::Duration::from_secs(1)).await;
         // Touched once: the first period does not count, the second is quiet.
         assert_eq!(start.elapsed(), std::time::Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_head_is_read_from_its_first_byte_until_dispatched() {
+        let (a, mut b) = tokio::io::duplex(256);
+        let activity = Activity::new();
+        let mut io = IdleIo::new(a, activity.clone());
+        let mut buf = [0u8; 64];
+        assert!(!activity.reading_head(), "no byte yet");
+
+        b.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let _ = io.read(&mut buf).await.unwrap();
+        assert!(activity.reading_head(), "part of a head");
+
+        let guard = activity.request_started();
+        assert!(!activity.reading_head());
+        b.write_all(b"body bytes").await.unwrap();
+        let _ = io.read(&mut buf).await.unwrap();
+        assert!(!activity.reading_head(), "a body is not a head");
+
+        drop(guard);
+        assert!(!activity.reading_head(), "between requests");
+        b.write_all(b"G").await.unwrap();
+        let _ = io.read(&mut buf).await.unwrap();
+        assert!(activity.reading_head(), "the next head");
+    }
+
+    #[tokio::test]
+    async fn a_cut_stream_answers_408_then_ends() {
+        let (a, mut b) = tokio::io::duplex(256);
+        let activity = Activity::new();
+        let mut io = IdleIo::new(a, activity.clone());
+        b.write_all(b"GET / HT").await.unwrap();
+        let mut buf = [0u8; 64];
+        let _ = io.read(&mut buf).await.unwrap();
+        activity.cut();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0, "the stream ends");
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0, "and stays ended");
+        drop(io);
+        let mut answer = Vec::new();
+        b.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, REQUEST_TIMEOUT);
     }
 
     #[tokio::test]

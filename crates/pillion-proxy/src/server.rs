@@ -4,7 +4,7 @@ use crate::{
     cluster::Cluster,
     detect::{detect, read_http_version, Detected},
     http::{ConnCtx, HttpListener, ProxyError, RouteTable},
-    io::{IdleIo, PrefixedIo},
+    io::{Activity, IdleIo, PrefixedIo},
     tcp,
 };
 use arc_swap::ArcSwap;
@@ -15,7 +15,10 @@ use pillion_config::{self as config, Config, Protocol, TlsMode};
 use pillion_telemetry::{access_log::AccessLog, Metrics, TcpLabels, TcpStats};
 use pillion_tls::{authz::Policy, PeerInfo, ServerTls, TlsMetrics};
 use prometheus_client::metrics::counter::Counter;
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap, future::Future, net::SocketAddr, pin::Pin, sync::Arc, task::Poll,
+    time::Duration,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
@@ -37,8 +40,8 @@ struct Listener {
     table: ArcSwap<RouteTable>,
     /// TLS termination, unless off.
     tls: Option<(TlsMode, Arc<ServerTls>)>,
-    /// How long a TLS handshake may take.
-    handshake_timeout: Duration,
+    /// How long a TLS handshake, or an HTTP/1 request head from its first byte, may take.
+    head_timeout: Duration,
     /// Where opaque traffic goes.
     tcp: Option<(Arc<Cluster>, TcpStats)>,
     /// Detection results, indexed like [`Detected`].
@@ -269,7 +272,7 @@ async fn serve_connection(
     }
     let server = server.clone();
     Box::pin(async move {
-        match tokio::time::timeout(l.handshake_timeout, server.accept(io)).await {
+        match tokio::time::timeout(l.head_timeout, server.accept(io)).await {
             Ok(Ok((tls, info))) => {
                 serve_stream(l.clone(), tls, peer, Some(info), shutdown, tasks).await
             }
@@ -308,15 +311,15 @@ async fn serve_stream<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let identity = tls.as_ref().and_then(|t| t.identity.clone());
-    let touched = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let activity = Activity::new();
     let alpn_h2 = tls.as_ref().is_some_and(|t| t.alpn_h2);
     let (detected, prefix) = match l.protocol {
         Protocol::Tcp => (Detected::Opaque, BytesMut::new()),
         Protocol::Http | Protocol::Auto if alpn_h2 => (Detected::Http2, BytesMut::new()),
         Protocol::Http => {
             let version = tokio::select! {
-                v = read_http_version(&mut io) => v,
-                _ = crate::io::idle(&touched, l.idle_timeout) => return,
+                v = read_http_version(&mut io, l.head_timeout) => v,
+                _ = crate::io::idle(&activity, l.idle_timeout) => return,
                 _ = shutdown.cancelled() => return,
             };
             match version {
@@ -339,9 +342,10 @@ async fn serve_stream<I>(
             }
         },
     };
-    let io = IdleIo::new(PrefixedIo::new(prefix, io), touched.clone());
+    let io = IdleIo::new(PrefixedIo::new(prefix, io), activity.clone());
     match detected {
         Detected::Http1 | Detected::Http2 => {
+            let http1 = detected == Detected::Http1;
             let ctx = Arc::new(ConnCtx {
                 listener: l.shared.clone(),
                 table: l.table.load_full(),
@@ -351,61 +355,105 @@ async fn serve_stream<I>(
                 scheme: if tls.is_some() { "https" } else { "http" },
                 identity,
             });
-            let svc = hyper::service::service_fn(move |req| crate::http::handle(ctx.clone(), req));
+            // NOTE: an HTTP/1 request is under way from its dispatch to its response's end, so
+            // that the head timeout counts only bytes of a head.
+            let requests = http1.then(|| activity.clone());
+            let svc = hyper::service::service_fn(move |req| {
+                let guard = requests.as_ref().map(Activity::request_started);
+                crate::http::handle(ctx.clone(), req, guard)
+            });
             let io = TokioIo::new(io);
-            let result = if detected == Detected::Http2 {
+            let result = if !http1 {
                 // NOTE: boxed; HTTP/2 state is large and an HTTP/1 connection needs none of it.
                 let conn = l.h2.serve_connection(io, svc);
                 Box::pin(drive(
                     conn,
                     |c| c.graceful_shutdown(),
                     &l,
-                    &touched,
+                    &activity,
+                    None,
                     &shutdown,
                 ))
                 .await
             } else {
                 let conn = l.h1.serve_connection(io, svc).with_upgrades();
-                drive(conn, |c| c.graceful_shutdown(), &l, &touched, &shutdown).await
+                let head_timeout = Some(l.head_timeout);
+                drive(
+                    conn,
+                    |c| c.graceful_shutdown(),
+                    &l,
+                    &activity,
+                    head_timeout,
+                    &shutdown,
+                )
+                .await
             };
             if let Err(err) = result {
                 debug!(listener = %l.name, %peer, %err, "HTTP connection ended with an error");
             }
         }
         Detected::Opaque | Detected::Timeout => {
-            Box::pin(serve_tcp(&l, io, peer, identity, &touched)).await;
+            Box::pin(serve_tcp(&l, io, peer, identity, &activity)).await;
         }
     }
 }
 
 /// Runs an HTTP connection to its end; on shutdown or when idle, closes it gracefully (GOAWAY,
-/// or `Connection: close` after the request in flight).
+/// or `Connection: close` after the request in flight). With `head_timeout` (HTTP/1), a request
+/// head must arrive whole within it of its first byte, or the client gets a 408 and the close.
 async fn drive<C>(
     conn: C,
-    graceful: impl Fn(std::pin::Pin<&mut C>),
+    graceful: impl Fn(Pin<&mut C>),
     l: &Listener,
-    touched: &std::sync::atomic::AtomicBool,
+    activity: &Activity,
+    head_timeout: Option<Duration>,
     shutdown: &CancellationToken,
 ) -> hyper::Result<()>
 where
-    C: std::future::Future<Output = hyper::Result<()>>,
+    C: Future<Output = hyper::Result<()>>,
 {
     tokio::pin!(conn);
+    let cancelled = shutdown.cancelled();
+    let idle = crate::io::idle(activity, l.idle_timeout);
+    tokio::pin!(cancelled, idle);
     let mut closing = false;
-    loop {
-        tokio::select! {
-            res = conn.as_mut() => return res,
-            _ = shutdown.cancelled(), if !closing => {
+    // NOTE: armed only when the connection waits in the middle of a head, so a head that comes
+    // in one read costs no timer.
+    let mut head: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+            return Poll::Ready(res);
+        }
+        if !closing {
+            let why = if cancelled.as_mut().poll(cx).is_ready() {
+                Some("shutdown")
+            } else if idle.as_mut().poll(cx).is_ready() {
+                Some("idle timeout")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                debug!(listener = %l.name, "{why}: closing");
                 graceful(conn.as_mut());
                 closing = true;
-            }
-            _ = crate::io::idle(touched, l.idle_timeout), if !closing => {
-                debug!(listener = %l.name, "idle timeout: closing");
-                graceful(conn.as_mut());
-                closing = true;
+                continue;
             }
         }
-    }
+        match head_timeout {
+            Some(after) if activity.reading_head() => {
+                let timer = head.get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    debug!(listener = %l.name, ?after, "request head timeout: answering 408");
+                    activity.cut();
+                    head = None;
+                    continue;
+                }
+            }
+            _ => head = None,
+        }
+        return Poll::Pending;
+    })
+    .await
 }
 
 /// Relays an opaque connection to the listener's cluster, within its authorization policy.
@@ -414,7 +462,7 @@ async fn serve_tcp<I>(
     io: I,
     peer: SocketAddr,
     identity: Option<Arc<str>>,
-    touched: &std::sync::atomic::AtomicBool,
+    activity: &Activity,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -450,7 +498,7 @@ async fn serve_tcp<I>(
             ..Default::default()
         }
     } else {
-        let idle = crate::io::idle(touched, l.idle_timeout);
+        let idle = crate::io::idle(activity, l.idle_timeout);
         tcp::relay(io, cluster, stats, idle).await
     };
     if let (Some(log), Some(mut e)) = (&l.shared.access_log, entry.take()) {
@@ -510,9 +558,10 @@ impl Listener {
             }
             _ => None,
         };
-        let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(cfg.header_timeout.0);
+        // NOTE: no timer, so hyper keeps no head timeout of its own: its timer runs from the
+        // end of one request to the next (cutting idle keep-alive connections at the head
+        // timeout) and is armed and dropped for every request. `drive` keeps the head timeout.
+        let h1 = http1::Builder::new();
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .initial_stream_window_size(1 << 20)
@@ -535,7 +584,7 @@ impl Listener {
         Ok(Self {
             shared,
             tls,
-            handshake_timeout: cfg.header_timeout.0,
+            head_timeout: cfg.header_timeout.0,
             name: cfg.name.clone(),
             address: cfg.address,
             protocol: cfg.protocol,

@@ -2,7 +2,7 @@
 //! sent upstream, each counting bytes for the access log when it is on.
 
 use super::log::PendingLog;
-use crate::pool::UpstreamBody;
+use crate::{io::RequestGuard, pool::UpstreamBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -18,11 +18,13 @@ use std::{
 
 pin_project_lite::pin_project! {
     /// A response body: streamed from upstream or made by the proxy, without boxing. When the
-    /// access log is on, it carries the request's pending line, written when the body ends.
+    /// access log is on, it carries the request's pending line, written when the body ends. On
+    /// HTTP/1 it ends the request (for the head timeout) when it ends.
     pub struct ProxyBody {
         #[pin]
         kind: Kind,
         log: Option<Box<PendingLog>>,
+        request: Option<RequestGuard>,
     }
 }
 
@@ -54,6 +56,7 @@ impl ProxyBody {
                 data: (!data.is_empty()).then_some(data),
             },
             log: None,
+            request: None,
         }
     }
 
@@ -66,6 +69,13 @@ impl ProxyBody {
             self.log = Some(log);
         }
     }
+
+    /// Ends the request when the body ends or is dropped.
+    pub(crate) fn set_request(&mut self, request: RequestGuard) {
+        if !self.is_end_stream() {
+            self.request = Some(request);
+        }
+    }
 }
 
 impl From<limit::ResponseBody<UpstreamBody>> for ProxyBody {
@@ -73,6 +83,7 @@ impl From<limit::ResponseBody<UpstreamBody>> for ProxyBody {
         Self {
             kind: Kind::Upstream { body },
             log: None,
+            request: None,
         }
     }
 }
@@ -90,6 +101,9 @@ impl Body for ProxyBody {
             KindProj::Upstream { body } => body.poll_frame(cx),
             KindProj::Local { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
+        if let Poll::Ready(None | Some(Err(_))) = &res {
+            *this.request = None;
+        }
         if let Some(log) = this.log {
             match &res {
                 Poll::Ready(Some(Ok(f))) => {

@@ -12,7 +12,10 @@ pub use self::error::{ProxyError, ERROR_HEADER};
 pub use self::router::{rate_policy, Route, RouteService, RouteTable};
 
 use self::{log::PendingLog, router::Target};
-use crate::cluster::{UpstreamError, UpstreamHost};
+use crate::{
+    cluster::{UpstreamError, UpstreamHost},
+    io::RequestGuard,
+};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -84,9 +87,12 @@ struct Upstream {
 }
 
 /// Handles one request: route, forward, and map any failure to a response.
+///
+/// On HTTP/1, `request` marks the request under way until its response ends.
 pub async fn handle(
     ctx: Arc<ConnCtx>,
     mut req: Request<Incoming>,
+    request: Option<RequestGuard>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let l = &*ctx.listener;
@@ -162,6 +168,9 @@ pub async fn handle(
         e.upstream_host = upstream.host;
         e.upstream_service_time = upstream.service_time;
         rsp.body_mut().set_log(log);
+    }
+    if let Some(request) = request {
+        rsp.body_mut().set_request(request);
     }
     Ok(rsp)
 }
