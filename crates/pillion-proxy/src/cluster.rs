@@ -415,9 +415,21 @@ impl Cluster {
         let permit = self.max_requests.try_acquire()?;
         // NOTE: boxed, as the route stack's cluster service is, so an idle connection's task
         // does not carry the size of an upstream exchange.
-        let rsp =
-            Box::pin(self.send(req.map(pillion_layers::retry::ReplayBody::passthrough))).await?;
+        let rsp = self
+            .send_boxed(req.map(pillion_layers::retry::ReplayBody::passthrough))
+            .await?;
         Ok(rsp.map(|body| limit::ResponseBody::holding(body, Some(permit))))
+    }
+
+    /// [`Self::send`], boxed.
+    ///
+    /// NOTE: a plain function, so the unboxed future never sits in the caller's state (an async
+    /// caller keeps room for a moved-from local across its awaits).
+    fn send_boxed(
+        &self,
+        req: Request<SendBody>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, BoxError>> + Send + '_>> {
+        Box::pin(self.send(req))
     }
 
     /// Sends one try: picks an endpoint, points the request at it, and records the outcome.

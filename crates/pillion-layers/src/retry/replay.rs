@@ -43,7 +43,10 @@ enum Inner<B> {
 struct Replay<B> {
     shared: Arc<Shared<B>>,
     /// The state, while this instance holds it.
-    state: Option<State<B>>,
+    ///
+    /// NOTE: boxed here and in the slot, so that handing it over moves a pointer and a request
+    /// carrying a `ReplayBody` stays small however large the state is.
+    state: Option<Box<State<B>>>,
     /// The next buffered chunk to replay.
     pos: usize,
     /// Bytes this instance has yielded.
@@ -64,7 +67,7 @@ struct Shared<B> {
 #[derive(Debug)]
 struct Slot<B> {
     /// The state while no instance holds it.
-    state: Option<State<B>>,
+    state: Option<Box<State<B>>>,
     /// Tasks waiting for the state to come back.
     waiters: Vec<Waker>,
 }
@@ -102,14 +105,14 @@ impl<B: Body + Unpin> ReplayBody<B> {
         if usize::try_from(size_hint.lower()).map_or(true, |n| n > cap) {
             return Self::passthrough(body);
         }
-        let state = State {
+        let state = Box::new(State {
             buf: Vec::new(),
             buffered: 0,
             read: 0,
             trailers: None,
             rest: Some(body),
             capped: false,
-        };
+        });
         let shared = Arc::new(Shared {
             slot: Mutex::new(Slot {
                 state: Some(state),

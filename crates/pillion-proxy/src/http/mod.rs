@@ -283,18 +283,20 @@ async fn forward(
     };
 
     // NOTE: the cluster service points the URI at the endpoint it picks, for every try.
+    let logged = received.is_some();
     let mut req = Request::from_parts(parts, RequestBody::new(body, received));
     if target.retries {
         req.extensions_mut()
             .insert(crate::cluster::Tried::default());
     }
-    let sent = Instant::now();
+    // NOTE: the service time is for the access log only; without one, no clock is read.
+    let sent = logged.then(Instant::now);
     let result = if target.direct {
         target.cluster.send_direct(req).await
     } else {
         target.service.clone().oneshot(req).await
     };
-    upstream.service_time = Some(sent.elapsed());
+    upstream.service_time = sent.map(|t| t.elapsed());
     let mut rsp = match result {
         Ok(rsp) => rsp,
         Err(e) => {
