@@ -31,7 +31,7 @@ use pillion_tls::{MaybeTls, TlsConnector};
 use std::{
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, Weak,
     },
     task::{Context, Poll},
@@ -65,6 +65,9 @@ pub struct EndpointPool {
     /// Attempts to open it, so that requests waiting on a failed attempt fail with it rather
     /// than each trying again in turn.
     h2_attempts: AtomicU64,
+    /// Requests on the shared HTTP/2 connection whose response has not ended: while any is in
+    /// flight (a long stream, a slow answer), the reaper keeps the connection.
+    h2_streams: AtomicUsize,
     idle_timeout: Duration,
 }
 
@@ -92,7 +95,11 @@ pub struct UpstreamBody {
     checkin: Option<Checkin>,
     ended: bool,
     _pick: Option<Pick>,
+    _stream: Option<H2Stream>,
 }
+
+/// One request in flight on an endpoint's shared HTTP/2 connection, until dropped.
+struct H2Stream(Arc<EndpointPool>);
 
 struct Checkin {
     tx: http1::SendRequest<SendBody>,
@@ -184,13 +191,20 @@ impl Connector {
         ep: &Endpoint,
         mut req: Request<SendBody>,
     ) -> Result<Response<UpstreamBody>, BoxError> {
+        let stream = H2Stream::new(&ep.pool);
         loop {
             let (mut tx, reused) = match ep.pool.checkout_h2() {
                 Some(tx) => (tx, true),
                 None => Box::pin(self.open_h2(ep)).await?,
             };
             match tx.try_send_request(req).await {
-                Ok(rsp) => return Ok(rsp.map(|inner| UpstreamBody::new(inner, None))),
+                Ok(rsp) => {
+                    return Ok(rsp.map(|inner| {
+                        let mut body = UpstreamBody::new(inner, None);
+                        body._stream = Some(stream);
+                        body
+                    }))
+                }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => {
                         debug!(endpoint = %ep.addr, "shared HTTP/2 connection closed; reconnecting");
@@ -248,6 +262,7 @@ impl EndpointPool {
             state: Mutex::default(),
             h2_opening: tokio::sync::Mutex::new(()),
             h2_attempts: AtomicU64::new(0),
+            h2_streams: AtomicUsize::new(0),
             idle_timeout,
         })
     }
@@ -337,9 +352,12 @@ impl EndpointPool {
             c.ticks < REAP_TICKS && !c.tx.is_closed()
         });
         if let Some((tx, unused)) = &mut s.h2 {
-            *unused += 1;
+            if self.h2_streams.load(Ordering::Relaxed) > 0 {
+                *unused = 0;
+            } else {
+                *unused += 1;
+            }
             if *unused >= REAP_TICKS || tx.is_closed() {
-                // NOTE: streams in flight keep the connection open until they finish.
                 s.h2 = None;
             }
         }
@@ -370,6 +388,7 @@ impl UpstreamBody {
             checkin,
             ended: false,
             _pick: None,
+            _stream: None,
         }
     }
 
@@ -414,6 +433,21 @@ impl Drop for UpstreamBody {
     }
 }
 
+// === impl H2Stream ===
+
+impl H2Stream {
+    fn new(pool: &Arc<EndpointPool>) -> Self {
+        pool.h2_streams.fetch_add(1, Ordering::Relaxed);
+        Self(pool.clone())
+    }
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        self.0.h2_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamBody")
@@ -426,6 +460,7 @@ impl std::fmt::Debug for UpstreamBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::convert::Infallible;
 
     /// An HTTP/1.1 sender over an in-memory pipe; the peer end is returned to keep it open.
     async fn sender() -> (http1::SendRequest<SendBody>, tokio::io::DuplexStream) {
@@ -450,6 +485,39 @@ mod tests {
         assert_eq!(pool.lock().idle.len(), 1, "kept before 3/4 of the timeout");
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(pool.lock().idle.len(), 0, "closed by the timeout");
+        assert!(!pool.lock().reaping, "the reaper stops with the pool empty");
+    }
+
+    /// An HTTP/2 sender over an in-memory pipe to a hyper server.
+    async fn h2_sender() -> http2::SendRequest<SendBody> {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let svc = hyper::service::service_fn(|_req| async {
+            Ok::<_, Infallible>(hyper::Response::new(http_body_util::Empty::<Bytes>::new()))
+        });
+        tokio::spawn(
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(server), svc),
+        );
+        let (tx, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        tx
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shared_http2_connection_outlives_the_idle_timeout_while_a_stream_is_open() {
+        let timeout = Duration::from_secs(4);
+        let pool = EndpointPool::new(timeout);
+        pool.set_h2(h2_sender().await);
+        let stream = H2Stream::new(&pool);
+
+        tokio::time::sleep(3 * timeout).await;
+        assert!(pool.lock().h2.is_some(), "kept while a stream is in flight");
+
+        drop(stream);
+        tokio::time::sleep(timeout + Duration::from_millis(100)).await;
+        assert!(pool.lock().h2.is_none(), "closed once idle for the timeout");
         assert!(!pool.lock().reaping, "the reaper stops with the pool empty");
     }
 
