@@ -605,9 +605,15 @@ listeners:
         cluster: by-name
       - match: {{ prefix: /wrong-name }}
         cluster: wrong-name
+      - match: {{ prefix: /h2-imposter }}
+        cluster: h2-imposter
 clusters:
   - name: imposter
     endpoints: [{imposter_addr}]
+    tls: {strict_id}
+  - name: h2-imposter
+    endpoints: [{imposter_addr}]
+    protocol: http2
     tls: {strict_id}
   - name: foreign
     endpoints: [{foreign_addr}]
@@ -663,6 +669,21 @@ clusters:
             reply.header("x-pillion-error"),
             Some("upstream-tls-failure"),
             "{path}: {:?}",
+            reply.headers
+        );
+    }
+
+    // Requests that wait on one attempt to open a shared HTTP/2 connection fail with its error.
+    let waiting = (0..8).map(|i| async move {
+        let mut c = H1Client::connect(outbound).await;
+        c.get(&format!("http://svc/h2-imposter/{i}")).await
+    });
+    for reply in futures_util::future::join_all(waiting).await {
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+        assert_eq!(
+            reply.header("x-pillion-error"),
+            Some("upstream-tls-failure"),
+            "{:?}",
             reply.headers
         );
     }

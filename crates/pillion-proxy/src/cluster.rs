@@ -98,10 +98,6 @@ pub struct UpstreamError {
 #[derive(Debug, Clone, Default)]
 pub struct Tried(Arc<std::sync::Mutex<Vec<SocketAddr>>>);
 
-/// The endpoint a response came from (a response extension).
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamHost(pub SocketAddr);
-
 /// Sends one try of a request to an endpoint of the cluster: the innermost service of a route.
 #[derive(Clone)]
 pub struct ClusterService {
@@ -459,7 +455,6 @@ impl Cluster {
                 if let Some(s) = &ep.stats {
                     s.record(rsp.status().as_u16(), elapsed);
                 }
-                rsp.extensions_mut().insert(UpstreamHost(ep.addr));
                 rsp.body_mut().hold(pick);
                 Ok(rsp)
             }

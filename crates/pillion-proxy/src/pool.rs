@@ -29,6 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pillion_layers::{balance::Pick, error::ConnectFailed, retry::ReplayBody, BoxError};
 use pillion_tls::{MaybeTls, TlsConnector};
 use std::{
+    net::SocketAddr,
     pin::Pin,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -68,8 +69,16 @@ pub struct EndpointPool {
     /// Requests on the shared HTTP/2 connection whose response has not ended: while any is in
     /// flight (a long stream, a slow answer), the reaper keeps the connection.
     h2_streams: AtomicUsize,
+    /// Why the last attempt to open it failed, for the requests that waited on it.
+    h2_failure: Mutex<Option<H2Failure>>,
     idle_timeout: Duration,
 }
+
+/// A failed attempt to open an endpoint's shared HTTP/2 connection, as each request that waited
+/// on it reports it: the opener's error (a TLS identity mismatch stays one) behind a shared
+/// pointer.
+#[derive(Debug, Clone)]
+struct H2Failure(Arc<dyn std::error::Error + Send + Sync>);
 
 #[derive(Debug, Default)]
 struct State {
@@ -94,7 +103,7 @@ pub struct UpstreamBody {
     inner: Incoming,
     checkin: Option<Checkin>,
     ended: bool,
-    _pick: Option<Pick>,
+    pick: Option<Pick>,
     _stream: Option<H2Stream>,
 }
 
@@ -229,11 +238,30 @@ impl Connector {
             return Ok((tx, true));
         }
         if ep.pool.h2_attempts.load(Ordering::Acquire) != seen {
-            return Err(Box::new(ConnectFailed(
-                "the shared HTTP/2 connection could not be opened".into(),
-            )));
+            // The attempt this request waited on failed: fail with its error.
+            return Err(match ep.pool.h2_failure() {
+                Some(failure) => Box::new(failure),
+                None => Box::new(ConnectFailed(
+                    "the shared HTTP/2 connection closed as it opened".into(),
+                )),
+            });
         }
         ep.pool.h2_attempts.fetch_add(1, Ordering::AcqRel);
+        match self.handshake_h2(ep).await {
+            Ok(tx) => {
+                ep.pool.set_h2_failure(None);
+                ep.pool.set_h2(tx.clone());
+                Ok((tx, false))
+            }
+            Err(e) => {
+                let failure = H2Failure(Arc::from(e));
+                ep.pool.set_h2_failure(Some(failure.clone()));
+                Err(Box::new(failure))
+            }
+        }
+    }
+
+    async fn handshake_h2(&self, ep: &Endpoint) -> Result<http2::SendRequest<SendBody>, BoxError> {
         let io = self.open(ep).await?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -248,8 +276,7 @@ impl Connector {
                 debug!(endpoint = %addr, %error, "upstream HTTP/2 connection ended with an error");
             }
         });
-        ep.pool.set_h2(tx.clone());
-        Ok((tx, false))
+        Ok(tx)
     }
 }
 
@@ -263,6 +290,7 @@ impl EndpointPool {
             h2_opening: tokio::sync::Mutex::new(()),
             h2_attempts: AtomicU64::new(0),
             h2_streams: AtomicUsize::new(0),
+            h2_failure: Mutex::new(None),
             idle_timeout,
         })
     }
@@ -319,6 +347,20 @@ impl EndpointPool {
         let mut s = self.lock();
         s.h2 = Some((tx, 0));
         self.start_reaper(&mut s);
+    }
+
+    fn h2_failure(&self) -> Option<H2Failure> {
+        self.h2_failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set_h2_failure(&self, failure: Option<H2Failure>) {
+        *self
+            .h2_failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = failure;
     }
 
     /// Forgets the shared HTTP/2 connection if it has closed (a newer one is kept).
@@ -387,14 +429,19 @@ impl UpstreamBody {
             inner,
             checkin,
             ended: false,
-            _pick: None,
+            pick: None,
             _stream: None,
         }
     }
 
     /// Keeps the endpoint's in-flight count until the body ends or is dropped.
     pub(crate) fn hold(&mut self, pick: Pick) {
-        self._pick = Some(pick);
+        self.pick = Some(pick);
+    }
+
+    /// The endpoint the response came from.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        self.pick.as_ref().map(Pick::addr)
     }
 }
 
@@ -430,6 +477,20 @@ impl Drop for UpstreamBody {
                 pool.checkin(tx);
             }
         }
+    }
+}
+
+// === impl H2Failure ===
+
+impl std::fmt::Display for H2Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the shared HTTP/2 connection could not be opened")
+    }
+}
+
+impl std::error::Error for H2Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
     }
 }
 

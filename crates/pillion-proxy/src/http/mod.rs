@@ -12,10 +12,7 @@ pub use self::error::{ProxyError, ERROR_HEADER};
 pub use self::router::{rate_policy, Route, RouteService, RouteTable};
 
 use self::{log::PendingLog, router::Target};
-use crate::{
-    cluster::{UpstreamError, UpstreamHost},
-    io::RequestGuard,
-};
+use crate::{cluster::UpstreamError, io::RequestGuard};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -308,7 +305,7 @@ async fn forward(
             return Err(ProxyError::from_error(&*e));
         }
     };
-    upstream.host = rsp.extensions().get::<UpstreamHost>().map(|h| h.0);
+    upstream.host = rsp.body().get_ref().endpoint();
     upstream.attempts = rsp.extensions().get::<Attempts>().map_or(1, |a| a.0);
     target
         .stats
