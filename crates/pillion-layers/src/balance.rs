@@ -12,7 +12,7 @@
 //! let pick = set.pick().ok_or(NoHealthyEndpoint)?;                      // per request: 503 if None
 //! let start = Instant::now();
 //! let result = client.request(to(pick.addr())).await;
-//! pick.record(start.elapsed(), Outcome::from_status(status));           // or GatewayError
+//! pick.record_since(start, Outcome::from_status(status));               // or GatewayError
 //! drop(pick);                                                           // when the body ends
 //! ```
 
@@ -361,7 +361,16 @@ impl Pick {
     /// NOTE: the latency of a gateway error is not fed to the estimate: a connection refused
     /// in a millisecond would otherwise make a dead endpoint look like the fastest one.
     pub fn record(&self, latency: Duration, outcome: Outcome) {
-        self.ep.record(latency, outcome);
+        self.ep.record(Instant::now(), latency, outcome);
+    }
+
+    /// [`Pick::record`] for a request sent at `started`, reading the clock once; returns the
+    /// latency it recorded.
+    pub fn record_since(&self, started: Instant, outcome: Outcome) -> Duration {
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(started);
+        self.ep.record(now, latency, outcome);
+        latency
     }
 }
 

@@ -448,10 +448,9 @@ impl Cluster {
         } else {
             self.h1.send_h1(&ep, req).await
         };
-        let elapsed = started.elapsed();
         match result {
             Ok(mut rsp) => {
-                pick.record(elapsed, Outcome::from_status(rsp.status()));
+                let elapsed = pick.record_since(started, Outcome::from_status(rsp.status()));
                 if let Some(s) = &ep.stats {
                     s.record(rsp.status().as_u16(), elapsed);
                 }
@@ -459,7 +458,7 @@ impl Cluster {
                 Ok(rsp)
             }
             Err(e) => {
-                pick.record(elapsed, Outcome::GatewayError);
+                let elapsed = pick.record_since(started, Outcome::GatewayError);
                 if let Some(s) = &ep.stats {
                     s.record(502, elapsed);
                 }

@@ -167,8 +167,8 @@ impl EndpointState {
         }
     }
 
-    pub(super) fn record(&self, latency: Duration, outcome: Outcome) {
-        let now_ns = self.shared.clock().now_ns();
+    pub(super) fn record(&self, now: Instant, latency: Duration, outcome: Outcome) {
+        let now_ns = self.shared.clock().ns(now);
         let counter = match outcome {
             Outcome::Success => &self.successes_total,
             Outcome::Error5xx(_) => &self.errors_5xx_total,
