@@ -23,12 +23,13 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::{
     body::Incoming,
-    client::conn::{http1, http2},
+    client::conn::{http1, http2, TrySendError},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pillion_layers::{balance::Pick, error::ConnectFailed, retry::ReplayBody, BoxError};
 use pillion_tls::{MaybeTls, TlsConnector};
 use std::{
+    future::Future,
     net::SocketAddr,
     pin::Pin,
     sync::{
@@ -141,36 +142,42 @@ impl Connector {
     pub(crate) async fn send_h1(
         &self,
         ep: &Endpoint,
-        mut req: Request<SendBody>,
+        req: Request<SendBody>,
     ) -> Result<Response<UpstreamBody>, BoxError> {
+        let (tx, rsp) = self
+            .send_on::<http1::SendRequest<SendBody>>(ep, req)
+            .await?;
+        let checkin = if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            // The connection now belongs to the tunnel.
+            None
+        } else if tx.is_ready() {
+            // Nothing left to read: reusable at once.
+            ep.pool.checkin(tx);
+            None
+        } else {
+            Some(Checkin {
+                tx,
+                pool: ep.pool.clone(),
+            })
+        };
+        Ok(rsp.map(|inner| UpstreamBody::new(inner, checkin)))
+    }
+
+    /// Sends `req` on a connection `S` takes from the pool or opens, and again on another when
+    /// a reused one refuses it before sending any of it (it closed while idle).
+    async fn send_on<S: Sender>(
+        &self,
+        ep: &Endpoint,
+        mut req: Request<SendBody>,
+    ) -> Result<(S, Response<Incoming>), BoxError> {
         loop {
-            let (mut tx, reused) = match ep.pool.checkout_h1() {
-                Some(tx) => (tx, true),
-                // NOTE: boxed to keep the per-request future small; connecting is rare.
-                None => (Box::pin(self.open_h1(ep)).await?, false),
-            };
-            match tx.try_send_request(req).await {
-                Ok(rsp) => {
-                    let upgraded = rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-                    let checkin = if upgraded {
-                        // The connection now belongs to the tunnel.
-                        None
-                    } else if tx.is_ready() {
-                        // Nothing left to read: reusable at once.
-                        ep.pool.checkin(tx);
-                        None
-                    } else {
-                        Some(Checkin {
-                            tx,
-                            pool: ep.pool.clone(),
-                        })
-                    };
-                    return Ok(rsp.map(|inner| UpstreamBody::new(inner, checkin)));
-                }
+            let (mut tx, reused) = S::get(self, ep).await?;
+            match tx.try_send(req).await {
+                Ok(rsp) => return Ok((tx, rsp)),
                 Err(mut e) => match e.take_message() {
-                    // Refused before any of it was sent: the connection closed while idle.
                     Some(unsent) if reused => {
                         debug!(endpoint = %ep.addr, "pooled connection closed; sending again");
+                        S::closed(&ep.pool);
                         req = unsent;
                     }
                     _ => return Err(e.into_error().into()),
@@ -198,32 +205,17 @@ impl Connector {
     pub(crate) async fn send_h2(
         &self,
         ep: &Endpoint,
-        mut req: Request<SendBody>,
+        req: Request<SendBody>,
     ) -> Result<Response<UpstreamBody>, BoxError> {
         let stream = H2Stream::new(&ep.pool);
-        loop {
-            let (mut tx, reused) = match ep.pool.checkout_h2() {
-                Some(tx) => (tx, true),
-                None => Box::pin(self.open_h2(ep)).await?,
-            };
-            match tx.try_send_request(req).await {
-                Ok(rsp) => {
-                    return Ok(rsp.map(|inner| {
-                        let mut body = UpstreamBody::new(inner, None);
-                        body._stream = Some(stream);
-                        body
-                    }))
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => {
-                        debug!(endpoint = %ep.addr, "shared HTTP/2 connection closed; reconnecting");
-                        ep.pool.forget_closed_h2();
-                        req = unsent;
-                    }
-                    _ => return Err(e.into_error().into()),
-                },
-            }
-        }
+        let (_, rsp) = self
+            .send_on::<http2::SendRequest<SendBody>>(ep, req)
+            .await?;
+        Ok(rsp.map(|inner| {
+            let mut body = UpstreamBody::new(inner, None);
+            body._stream = Some(stream);
+            body
+        }))
     }
 
     /// The shared HTTP/2 connection, opened by one request while others wait for it. Returns
@@ -277,6 +269,68 @@ impl Connector {
             }
         });
         Ok(tx)
+    }
+}
+
+// === impl Sender ===
+
+/// An upstream connection's sending half, HTTP/1.1 or HTTP/2, as [`Connector::send_on`] uses it.
+trait Sender: Sized + Send {
+    /// A connection for `ep`, and whether it was reused (so a refusal may be retried).
+    fn get(
+        connector: &Connector,
+        ep: &Endpoint,
+    ) -> impl Future<Output = Result<(Self, bool), BoxError>> + Send;
+
+    fn try_send(
+        &mut self,
+        req: Request<SendBody>,
+    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<SendBody>>>> + Send;
+
+    /// A reused connection refused a request: it has closed.
+    fn closed(pool: &EndpointPool);
+}
+
+impl Sender for http1::SendRequest<SendBody> {
+    async fn get(connector: &Connector, ep: &Endpoint) -> Result<(Self, bool), BoxError> {
+        match ep.pool.checkout_h1() {
+            Some(tx) => Ok((tx, true)),
+            // NOTE: boxed to keep the per-request future small; connecting is rare.
+            None => Ok((Box::pin(connector.open_h1(ep)).await?, false)),
+        }
+    }
+
+    fn try_send(
+        &mut self,
+        req: Request<SendBody>,
+    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<SendBody>>>> + Send
+    {
+        self.try_send_request(req)
+    }
+
+    fn closed(_: &EndpointPool) {
+        // Checked-out HTTP/1.1 connections are not in the pool: nothing to forget.
+    }
+}
+
+impl Sender for http2::SendRequest<SendBody> {
+    async fn get(connector: &Connector, ep: &Endpoint) -> Result<(Self, bool), BoxError> {
+        match ep.pool.checkout_h2() {
+            Some(tx) => Ok((tx, true)),
+            None => Box::pin(connector.open_h2(ep)).await,
+        }
+    }
+
+    fn try_send(
+        &mut self,
+        req: Request<SendBody>,
+    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<SendBody>>>> + Send
+    {
+        self.try_send_request(req)
+    }
+
+    fn closed(pool: &EndpointPool) {
+        pool.forget_closed_h2();
     }
 }
 
