@@ -95,6 +95,59 @@ async fn counting_upstream(status: u16) -> (Upstream, Arc<AtomicUsize>) {
     (upstream, seen)
 }
 
+// === cancellation ===
+
+/// Sends on its channel when dropped: the handler holding it was cancelled.
+struct DropSignal(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_cancels_its_upstream_request() {
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let (cancelled_tx, mut cancelled) = tokio::sync::mpsc::unbounded_channel();
+    // An upstream that never answers, and tells when its handler is dropped.
+    let upstream = Upstream::http1(move |_req: http::Request<hyper::body::Incoming>| {
+        let (started, cancelled) = (started_tx.clone(), cancelled_tx.clone());
+        async move {
+            let _signal = DropSignal(cancelled);
+            let _ = started.send(());
+            std::future::pending::<Response<pillion_tests::Body>>().await
+        }
+    })
+    .await;
+    let listen = free_addr();
+    let _proxy = Proxy::start(&one_route(listen, &[upstream.addr()], "", "")).await;
+
+    let mut tcp = tokio::net::TcpStream::connect(listen)
+        .await
+        .expect("connect");
+    tcp.write_all(b"GET /hang HTTP/1.1\r\nHost: svc\r\n\r\n")
+        .await
+        .expect("write");
+    within_for(
+        Duration::from_secs(5),
+        "the request reaching the upstream",
+        started.recv(),
+    )
+    .await
+    .expect("the upstream saw the request");
+
+    // The client goes away while the upstream is still working on its request.
+    drop(tcp);
+    within_for(
+        Duration::from_secs(5),
+        "the proxy cancelling the upstream request of a client that hung up",
+        cancelled.recv(),
+    )
+    .await
+    .expect("the upstream handler was dropped");
+}
+
 // === retries ===
 
 #[tokio::test]
