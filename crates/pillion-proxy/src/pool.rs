@@ -160,7 +160,7 @@ impl Connector {
                 pool: ep.pool.clone(),
             })
         };
-        Ok(rsp.map(|inner| UpstreamBody::new(inner, checkin)))
+        Ok(rsp.map(|inner| UpstreamBody::new(inner, checkin, None)))
     }
 
     /// Sends `req` on a connection `S` takes from the pool or opens, and again on another when
@@ -211,11 +211,7 @@ impl Connector {
         let (_, rsp) = self
             .send_on::<http2::SendRequest<SendBody>>(ep, req)
             .await?;
-        Ok(rsp.map(|inner| {
-            let mut body = UpstreamBody::new(inner, None);
-            body._stream = Some(stream);
-            body
-        }))
+        Ok(rsp.map(|inner| UpstreamBody::new(inner, None, Some(stream))))
     }
 
     /// The shared HTTP/2 connection, opened by one request while others wait for it. Returns
@@ -478,13 +474,15 @@ async fn reap(pool: Weak<EndpointPool>, every: Duration) {
 // === impl UpstreamBody ===
 
 impl UpstreamBody {
-    fn new(inner: Incoming, checkin: Option<Checkin>) -> Self {
+    /// An HTTP/1.1 body returns its connection with `checkin`; an HTTP/2 one holds its
+    /// `stream` open for the reaper.
+    fn new(inner: Incoming, checkin: Option<Checkin>, stream: Option<H2Stream>) -> Self {
         Self {
             inner,
             checkin,
             ended: false,
             pick: None,
-            _stream: None,
+            _stream: stream,
         }
     }
 
