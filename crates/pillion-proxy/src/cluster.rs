@@ -113,25 +113,18 @@ impl Cluster {
         metrics: &Arc<Metrics>,
         tls_metrics: &TlsMetrics,
     ) -> Result<Arc<Self>, String> {
-        let tls = |h2: bool| {
-            cfg.tls
-                .as_ref()
-                .map(|t| ClientTls::new(&cfg.name, t, h2, tls_metrics))
-                .transpose()
-                .map_err(|e| e.to_string())
+        // NOTE: one ClientTls (one file watcher) with a config per version the cluster speaks.
+        let versions: &[bool] = match cfg.protocol {
+            config::UpstreamProtocol::Http1 => &[false],
+            config::UpstreamProtocol::Http2 => &[true],
+            config::UpstreamProtocol::Auto => &[false, true],
         };
-        // NOTE: one ClientTls (one file watcher) unless the cluster speaks both versions.
-        let (tls_h1, tls_h2) = match cfg.protocol {
-            config::UpstreamProtocol::Http1 => {
-                let t = tls(false)?;
-                (t.clone(), t)
-            }
-            config::UpstreamProtocol::Http2 => {
-                let t = tls(true)?;
-                (t.clone(), t)
-            }
-            config::UpstreamProtocol::Auto => (tls(false)?, tls(true)?),
-        };
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(|t| ClientTls::speaking(&cfg.name, t, versions, tls_metrics))
+            .transpose()
+            .map_err(|e| e.to_string())?;
         let endpoint_metrics = cfg.endpoint_metrics.then(|| metrics.clone());
         let statics: Vec<SocketAddr> = cfg
             .endpoints
@@ -179,9 +172,8 @@ impl Cluster {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.connect_timeout.0));
         let client = |h2: bool| {
-            let tls = if h2 { tls_h2.clone() } else { tls_h1.clone() };
             let counted = Counted::new(
-                TlsConnector::new(connector.clone(), tls),
+                TlsConnector::new(connector.clone(), tls.clone()).speaking(h2),
                 upstream.clone(),
                 max_connections.clone(),
                 max_pending.clone(),
@@ -219,7 +211,7 @@ impl Cluster {
                 window: Duration::from_secs(10),
             })),
             limits: [max_connections, max_pending],
-            tcp_tls: tls_h1.clone(),
+            tcp_tls: tls.clone(),
         }))
     }
 

@@ -38,8 +38,13 @@ pub struct ClientTls {
     cert_key: Option<(PathBuf, PathBuf)>,
     sni: Option<ServerName<'static>>,
     verify: Verify,
-    alpn: Vec<Vec<u8>>,
-    config: ArcSwap<ClientConfig>,
+    /// The config of the default version (whether it offers `h2`).
+    config: (bool, ArcSwap<ClientConfig>),
+    /// The config of the other version, for a cluster that speaks both.
+    ///
+    /// NOTE: kept here rather than in a second `ClientTls`, so one watcher reloads both and its
+    /// reloads are counted once.
+    other: Option<(bool, ArcSwap<ClientConfig>)>,
     handshakes: HandshakeMetrics,
     files: FileMetrics,
     _watcher: Option<Watcher>,
@@ -79,6 +84,17 @@ impl ClientTls {
         h2: bool,
         metrics: &TlsMetrics,
     ) -> Result<Arc<Self>, TlsError> {
+        Self::speaking(name, cfg, &[h2], metrics)
+    }
+
+    /// Like [`ClientTls::new`], with a config for each version in `h2s` (ALPN `h2` for `true`,
+    /// `http/1.1` for `false`) over the same files and watcher; the first is the default.
+    pub fn speaking(
+        name: &str,
+        cfg: &ClusterTls,
+        h2s: &[bool],
+        metrics: &TlsMetrics,
+    ) -> Result<Arc<Self>, TlsError> {
         let err = |msg: String| TlsError::Config(format!("cluster `{name}`: {msg}"));
         if cfg.ca.is_empty() {
             return Err(err(
@@ -112,24 +128,24 @@ impl ClientTls {
                 expected: cfg.identities.clone().into(),
             }
         };
-        let alpn = vec![if h2 {
-            b"h2".to_vec()
-        } else {
-            b"http/1.1".to_vec()
-        }];
-
+        let (default, other) = match h2s {
+            [] => (false, None),
+            [h2, rest @ ..] => (*h2, rest.iter().copied().find(|v| v != h2)),
+        };
         let paths = watched_paths(&cfg.ca, cert_key.as_ref());
         let reads = material::read_files(&paths);
         let files = metrics.files(name, Side::Client, cert_key.is_some());
-        let config = build(&cfg.ca, cert_key.as_ref(), &verify, &alpn, &reads, &files)?;
+        let config = build(&cfg.ca, cert_key.as_ref(), &verify, &reads, &files)?;
+        let version = |h2: bool| (h2, ArcSwap::from_pointee(with_alpn(&config, h2)));
+        let (config, other) = (version(default), other.map(version));
         Ok(Arc::new_cyclic(|weak| Self {
             name: name.into(),
             ca: cfg.ca.clone(),
             cert_key,
             sni,
             verify,
-            alpn,
-            config: ArcSwap::from_pointee(config),
+            config,
+            other,
             handshakes: metrics.handshakes(name, Side::Client),
             files,
             _watcher: reload::spawn(weak.clone(), paths, reads, cfg.reload_interval.0),
@@ -141,9 +157,17 @@ impl ClientTls {
         &self.name
     }
 
-    /// The config new connections use now.
+    /// The config new connections use now (the default version's).
     pub fn config(&self) -> Arc<ClientConfig> {
-        self.config.load_full()
+        self.config_for(None)
+    }
+
+    /// The config for `h2` (the default's when the cluster does not speak that version).
+    fn config_for(&self, h2: Option<bool>) -> Arc<ClientConfig> {
+        match (&self.other, h2) {
+            (Some((v, other)), Some(h2)) if *v == h2 => other.load_full(),
+            _ => self.config.1.load_full(),
+        }
     }
 
     /// The name sent as SNI (and verified, without `identities`) for an endpoint at `ip`.
@@ -163,7 +187,20 @@ impl ClientTls {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let connector = tokio_rustls::TlsConnector::from(self.config.load_full());
+        self.connect_as(io, sni_fallback, None).await
+    }
+
+    /// [`ClientTls::connect`] offering the ALPN of `h2` (`None`: the default version's).
+    pub async fn connect_as<IO>(
+        &self,
+        io: IO,
+        sni_fallback: IpAddr,
+        h2: Option<bool>,
+    ) -> Result<tokio_rustls::client::TlsStream<IO>, TlsError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let connector = tokio_rustls::TlsConnector::from(self.config_for(h2));
         match connector.connect(self.server_name(sni_fallback), io).await {
             Ok(stream) => {
                 self.handshakes.ok();
@@ -187,11 +224,12 @@ impl Reload for ClientTls {
             &self.ca,
             self.cert_key.as_ref(),
             &self.verify,
-            &self.alpn,
             files,
             &self.files,
         )?;
-        self.config.store(Arc::new(config));
+        for (h2, current) in std::iter::once(&self.config).chain(&self.other) {
+            current.store(Arc::new(with_alpn(&config, *h2)));
+        }
         Ok(())
     }
 
@@ -218,11 +256,21 @@ fn watched_paths(ca: &[PathBuf], cert_key: Option<&(PathBuf, PathBuf)>) -> Vec<P
     paths
 }
 
+/// `config` offering `h2` or `http/1.1` by ALPN.
+fn with_alpn(config: &ClientConfig, h2: bool) -> ClientConfig {
+    let mut config = config.clone();
+    config.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    config
+}
+
 fn build(
     ca: &[PathBuf],
     cert_key: Option<&(PathBuf, PathBuf)>,
     verify: &Verify,
-    alpn: &[Vec<u8>],
     reads: &[FileRead],
     metrics: &FileMetrics,
 ) -> Result<ClientConfig, TlsError> {
@@ -254,13 +302,12 @@ fn build(
             })),
     };
     let not_after = id.as_ref().map(|id| id.not_after);
-    let mut config = match (id, cert_key) {
+    let config = match (id, cert_key) {
         (Some(id), Some((cert, _))) => builder
             .with_client_auth_cert(id.chain, id.key)
             .map_err(|e| TlsError::file(cert, e))?,
         _ => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = alpn.to_vec();
     metrics.set_expiry(not_after, roots.first_expiry);
     Ok(config)
 }

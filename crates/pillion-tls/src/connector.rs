@@ -29,6 +29,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct TlsConnector {
     http: HttpConnector,
     tls: Option<Arc<ClientTls>>,
+    /// The version whose ALPN the handshake offers (`None`: the TLS config's default).
+    h2: Option<bool>,
 }
 
 /// A client connection: plaintext TCP, or TLS over TCP.
@@ -48,7 +50,18 @@ impl TlsConnector {
     pub fn new(mut http: HttpConnector, tls: Option<Arc<ClientTls>>) -> Self {
         // NOTE: TLS comes from the cluster, so the scheme must not be policed.
         http.enforce_http(false);
-        Self { http, tls }
+        Self {
+            http,
+            tls,
+            h2: None,
+        }
+    }
+
+    /// Offers the ALPN of HTTP/2 (`true`) or HTTP/1.1 in the handshake, for a cluster whose TLS
+    /// speaks both ([`ClientTls::speaking`]).
+    pub fn speaking(mut self, h2: bool) -> Self {
+        self.h2 = Some(h2);
+        self
     }
 
     /// The cluster's TLS, if any.
@@ -68,7 +81,7 @@ impl tower::Service<Uri> for TlsConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = tower::Service::<Uri>::call(&mut self.http, uri);
-        let tls = self.tls.clone();
+        let (tls, h2) = (self.tls.clone(), self.h2);
         Box::pin(async move {
             let tcp = connecting.await?.into_inner();
             let Some(tls) = tls else {
@@ -81,7 +94,7 @@ impl tower::Service<Uri> for TlsConnector {
                     source,
                 })?
                 .ip();
-            let stream = tls.connect(tcp, ip).await?;
+            let stream = tls.connect_as(tcp, ip, h2).await?;
             Ok(TokioIo::new(MaybeTls::Tls(Box::new(stream))))
         })
     }

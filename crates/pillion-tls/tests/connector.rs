@@ -148,6 +148,27 @@ async fn http1_over_mtls_with_a_pooled_client() {
 }
 
 #[tokio::test]
+async fn one_client_tls_speaks_both_versions() {
+    let s = setup().await;
+    let (cert, key) = s.pki.workload("both", &id("both"));
+    let cfg = cluster_tls(Some((&cert, &key)), &[s.pki.ca_path()], &[&id("server")]);
+    // One set of files and one watcher for both versions (a `protocol: auto` cluster).
+    let tls = ClientTls::speaking("both", &cfg, &[false, true], &s.metrics).unwrap();
+    let build = |h2| {
+        Client::builder(TokioExecutor::new())
+            .build(TlsConnector::new(http(), Some(tls.clone())).speaking(h2))
+    };
+    let want = |version| format!("{} {version}", id("both"));
+    assert_eq!(get(&build(true), s.addr).await.unwrap(), want("HTTP/2.0"));
+    assert_eq!(get(&build(false), s.addr).await.unwrap(), want("HTTP/1.1"));
+    // Without a version asked for, the first one given is offered.
+    assert_eq!(
+        get(&client(Some(tls.clone())), s.addr).await.unwrap(),
+        want("HTTP/1.1")
+    );
+}
+
+#[tokio::test]
 async fn plaintext_without_tls() {
     let addr = http_server(None).await;
     let c = client(None);
