@@ -923,12 +923,10 @@ clusters:
     (echo, proxy, slow_head, idle)
 }
 
-#[tokio::test]
-async fn header_timeout_cuts_off_a_client_stuck_in_its_request_head() {
-    let (_echo, _proxy, slow_head, _) = timeouts_proxy().await;
-
-    // Half a request head, then nothing: cut off after header_timeout (the default is 10s).
-    let mut tcp = tokio::net::TcpStream::connect(slow_head)
+/// Half a request head on a new connection to `listen`, then nothing: what the proxy sends before
+/// it closes the connection (within 5s). It returns after the head timeout has run once.
+async fn stalled_head(listen: SocketAddr) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(listen)
         .await
         .expect("connect");
     tcp.write_all(b"GET /slow HTTP/1.1\r\nHost: svc\r\nX-Partial: ")
@@ -940,7 +938,15 @@ async fn header_timeout_cuts_off_a_client_stuck_in_its_request_head() {
         read_until_closed(&mut tcp),
     )
     .await;
-    let text = String::from_utf8_lossy(&got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn header_timeout_cuts_off_a_client_stuck_in_its_request_head() {
+    let (_echo, _proxy, slow_head, _) = timeouts_proxy().await;
+
+    // Cut off after header_timeout (the default is 10s), with a 408.
+    let text = stalled_head(slow_head).await;
     assert!(
         text.starts_with("HTTP/1.1 408"),
         "a 408 before the close: {text:?}"
@@ -956,9 +962,10 @@ async fn header_timeout_leaves_idle_keep_alive_connections_open() {
     let (_echo, _proxy, slow_head, _) = timeouts_proxy().await;
     let mut client = H1Client::connect(slow_head).await;
     assert_eq!(client.get("http://svc/first").await.echo().server, "app");
-    // NOTE: a deliberate wait: three header timeouts with no request under way. The head timeout
-    // runs from a head's first byte, so the quiet connection stays open (Envoy does the same).
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // A head stalled after that request is cut: the kept-alive connection has now been quiet for
+    // longer than the head timeout, which runs from a head's first byte (as Envoy's does).
+    let text = stalled_head(slow_head).await;
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
     assert!(!client.conn.is_finished(), "the idle connection was closed");
     let again = client.try_send(req("GET", "http://svc/second").body(empty()).unwrap());
     let reply = Reply::read(again.await.expect("the kept-alive connection still serves")).await;
@@ -968,29 +975,33 @@ async fn header_timeout_leaves_idle_keep_alive_connections_open() {
 #[tokio::test]
 async fn header_timeout_does_not_cut_a_slow_request_body() {
     let (_echo, _proxy, slow_head, _) = timeouts_proxy().await;
-    // A 30-byte body sent in three parts 300ms apart: 600ms of upload on a 300ms head timeout.
-    let frames = futures_util::stream::unfold(0u8, |i| async move {
-        if i == 3 {
-            return None;
-        }
-        if i > 0 {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        let frame = http_body::Frame::data(bytes::Bytes::from(vec![b'a' + i; 10]));
-        Some((Ok::<_, pillion_tests::client::BoxError>(frame), i + 1))
+    // A 30-byte body in two parts, with a whole head timeout between them.
+    let (parts, rx) = tokio::sync::mpsc::unbounded_channel::<&'static [u8]>();
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let part = rx.recv().await?;
+        let frame = http_body::Frame::data(bytes::Bytes::from_static(part));
+        Some((Ok::<_, pillion_tests::client::BoxError>(frame), rx))
     });
     let body = pillion_tests::client::stream_body(frames);
     let mut client = H1Client::connect(slow_head).await;
-    let started = Instant::now();
-    let reply = client
-        .request(
-            req("POST", "http://svc/upload")
-                .header("content-length", "30")
-                .body(body)
-                .unwrap(),
-        )
-        .await;
-    assert!(started.elapsed() >= Duration::from_millis(600));
+    let upload = tokio::spawn(async move {
+        client
+            .request(
+                req("POST", "http://svc/upload")
+                    .header("content-length", "30")
+                    .body(body)
+                    .unwrap(),
+            )
+            .await
+    });
+    parts.send(b"first half-of-the-body").expect("send");
+    let text = stalled_head(slow_head).await;
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+    parts.send(b"the rest").expect("send");
+    drop(parts);
+    let reply = within_for(Duration::from_secs(5), "the upload's response", upload)
+        .await
+        .expect("the upload task");
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.echo().body_bytes, 30);
 }

@@ -153,7 +153,8 @@ impl<I: AsyncRead + AsyncWrite> AsyncRead for IdleIo<I> {
         let mut this = self.project();
         match this.activity.phase.load(Ordering::Relaxed) {
             CUT => {
-                // Best effort: if the socket cannot take the whole answer now, the client gets the close alone.
+                // Best effort: if the socket cannot take the whole answer now, the client gets
+                // the close alone.
                 this.activity.phase.store(CLOSED, Ordering::Relaxed);
                 if let Poll::Ready(Ok(n)) = this.io.as_mut().poll_write(cx, REQUEST_TIMEOUT) {
                     if n == REQUEST_TIMEOUT.len() {

@@ -70,8 +70,6 @@ pub struct EndpointPool {
     /// Requests on the shared HTTP/2 connection whose response has not ended: while any is in
     /// flight (a long stream, a slow answer), the reaper keeps the connection.
     h2_streams: AtomicUsize,
-    /// Why the last attempt to open it failed, for the requests that waited on it.
-    h2_failure: Mutex<Option<H2Failure>>,
     idle_timeout: Duration,
 }
 
@@ -87,6 +85,9 @@ struct State {
     idle: Vec<Idle>,
     /// The shared HTTP/2 connection, and how many looks of the reaper in a row found it unused.
     h2: Option<(http2::SendRequest<SendBody>, u8)>,
+    /// Why the last attempt to open it failed (cleared when one succeeds), for the requests
+    /// that waited on that attempt.
+    h2_failure: Option<H2Failure>,
     /// Whether the reaper task is running.
     reaping: bool,
 }
@@ -227,7 +228,7 @@ impl Connector {
         }
         if ep.pool.h2_attempts.load(Ordering::Acquire) != seen {
             // The attempt this request waited on failed: fail with its error.
-            return Err(match ep.pool.h2_failure() {
+            return Err(match ep.pool.lock().h2_failure.clone() {
                 Some(failure) => Box::new(failure),
                 None => Box::new(ConnectFailed(
                     "the shared HTTP/2 connection closed as it opened".into(),
@@ -237,13 +238,12 @@ impl Connector {
         ep.pool.h2_attempts.fetch_add(1, Ordering::AcqRel);
         match self.handshake_h2(ep).await {
             Ok(tx) => {
-                ep.pool.set_h2_failure(None);
                 ep.pool.set_h2(tx.clone());
                 Ok((tx, false))
             }
             Err(e) => {
                 let failure = H2Failure(Arc::from(e));
-                ep.pool.set_h2_failure(Some(failure.clone()));
+                ep.pool.lock().h2_failure = Some(failure.clone());
                 Err(Box::new(failure))
             }
         }
@@ -340,7 +340,6 @@ impl EndpointPool {
             h2_opening: tokio::sync::Mutex::new(()),
             h2_attempts: AtomicU64::new(0),
             h2_streams: AtomicUsize::new(0),
-            h2_failure: Mutex::new(None),
             idle_timeout,
         })
     }
@@ -396,21 +395,8 @@ impl EndpointPool {
     fn set_h2(self: &Arc<Self>, tx: http2::SendRequest<SendBody>) {
         let mut s = self.lock();
         s.h2 = Some((tx, 0));
+        s.h2_failure = None;
         self.start_reaper(&mut s);
-    }
-
-    fn h2_failure(&self) -> Option<H2Failure> {
-        self.h2_failure
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-
-    fn set_h2_failure(&self, failure: Option<H2Failure>) {
-        *self
-            .h2_failure
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = failure;
     }
 
     /// Forgets the shared HTTP/2 connection if it has closed (a newer one is kept).
