@@ -14,6 +14,13 @@ use crate::BoxError;
 #[error("connecting to the upstream failed: {0}")]
 pub struct ConnectFailed(#[source] pub BoxError);
 
+/// The upstream closed its connection before the whole response arrived: hyper's "incomplete
+/// message", as the proxy's own HTTP/1.1 client reports it. On a reused connection with nothing
+/// of the response read, it is usually the keep-alive race (see [`is_incomplete_message`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the upstream closed the connection before the response was complete")]
+pub struct IncompleteResponse;
+
 /// Which timeout fired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TimeoutKind {
@@ -122,7 +129,8 @@ pub fn chain<'a>(
 ///   description (`"stream error received: refused stream before processing any application
 ///   logic"`). With `h2` added to Cargo.toml this becomes a `downcast_ref::<h2::Error>()`;
 /// - io `ConnectionReset`/`ConnectionAborted`/`BrokenPipe`/`UnexpectedEof`, hyper's
-///   `is_incomplete_message()`/`is_canceled()`/`is_closed()` → [`FailureKind::Reset`];
+///   `is_incomplete_message()`/`is_canceled()`/`is_closed()`, [`IncompleteResponse`] →
+///   [`FailureKind::Reset`];
 /// - anything else → [`FailureKind::Other`].
 pub fn classify(err: &BoxError) -> Option<FailureKind> {
     classify_dyn(&**err)
@@ -149,6 +157,8 @@ pub fn classify_dyn(err: &(dyn StdError + 'static)) -> Option<FailureKind> {
             }
         } else if e.is::<Overloaded>() || e.is::<RateLimited>() || e.is::<FaultAbort>() {
             return None;
+        } else if e.is::<IncompleteResponse>() {
+            reset = true;
         } else if let Some(e) = e.downcast_ref::<hyper::Error>() {
             if e.is_timeout() {
                 timeout = true;
@@ -199,11 +209,13 @@ pub fn is_unsent(err: &(dyn StdError + 'static)) -> bool {
     })
 }
 
-/// Returns true if hyper reported "connection closed before message completed" in the chain.
+/// Returns true if the chain holds hyper's "connection closed before message completed" or an
+/// [`IncompleteResponse`].
 pub fn is_incomplete_message(err: &(dyn StdError + 'static)) -> bool {
     chain(err).any(|e| {
-        e.downcast_ref::<hyper::Error>()
-            .is_some_and(|e| e.is_incomplete_message())
+        e.is::<IncompleteResponse>()
+            || e.downcast_ref::<hyper::Error>()
+                .is_some_and(|e| e.is_incomplete_message())
     })
 }
 

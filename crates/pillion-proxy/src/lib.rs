@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod connect;
 pub mod detect;
+mod h1;
 pub mod http;
 pub mod io;
 pub mod metrics;

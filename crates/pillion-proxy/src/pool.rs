@@ -1,8 +1,12 @@
 //! Upstream connection pools, one per endpoint, on hyper's connection API.
 //!
-//! HTTP/1.1: a LIFO stack of idle connections. A connection goes back on the stack when the
-//! response body has been read to its end (or at once when the response has no body), so there
-//! is no task per request and no lookup by key: the endpoint carries its pool.
+//! HTTP/1.1: LIFO stacks of idle connections. A connection goes back on its stack when the
+//! response body has been read to its end (or at once when all of the body came with the head),
+//! so there is no task per request and no lookup by key: the endpoint carries its pool. A request
+//! without a body goes on a connection of the proxy's own client ([`crate::h1`]), which the
+//! requesting task drives itself; others go on hyper's client, whose connections run as tasks of
+//! their own. An idle connection of the first kind becomes one of the second when a request
+//! needs it (never back), so a mixed load opens no extra connections.
 //!
 //! HTTP/2: one shared connection per endpoint, opened by the first request that needs it while
 //! the others wait for it, and replaced when it closes.
@@ -16,6 +20,7 @@
 use crate::{
     cluster::Endpoint,
     connect::{Counted, CountedConn},
+    h1::{self, H1Conn},
     http::RequestBody,
 };
 use bytes::Bytes;
@@ -49,7 +54,8 @@ const REAP_TICKS: u8 = 4;
 /// The body sent upstream.
 pub(crate) type SendBody = ReplayBody<RequestBody>;
 
-type Conn = CountedConn<TokioIo<MaybeTls>>;
+/// An upstream connection, opened and counted.
+pub(crate) type Conn = CountedConn<TokioIo<MaybeTls>>;
 
 /// Opens connections for a cluster, for one HTTP version: TCP (and TLS), counted and within the
 /// cluster's limits.
@@ -81,8 +87,10 @@ struct H2Failure(Arc<dyn std::error::Error + Send + Sync>);
 
 #[derive(Debug, Default)]
 struct State {
-    /// Idle HTTP/1.1 connections, most recently used last.
+    /// Idle HTTP/1.1 connections of hyper's client, most recently used last.
     idle: Vec<Idle>,
+    /// Idle HTTP/1.1 connections of the proxy's own client, most recently used last.
+    idle_own: Vec<IdleOwn>,
     /// The shared HTTP/2 connection, and how many looks of the reaper in a row found it unused.
     h2: Option<(http2::SendRequest<SendBody>, u8)>,
     /// Why the last attempt to open it failed (cleared when one succeeds), for the requests
@@ -99,14 +107,29 @@ struct Idle {
     ticks: u8,
 }
 
+#[derive(Debug)]
+struct IdleOwn {
+    conn: H1Conn,
+    ticks: u8,
+}
+
 /// A response body from upstream. An HTTP/1.1 connection returns to its pool when the body has
 /// been read to the end; the endpoint counts the request in flight until then.
 pub struct UpstreamBody {
-    inner: Incoming,
-    checkin: Option<Checkin>,
-    ended: bool,
+    kind: BodyKind,
     pick: Option<Pick>,
     _stream: Option<H2Stream>,
+}
+
+enum BodyKind {
+    /// From hyper's client.
+    Hyper {
+        inner: Incoming,
+        checkin: Option<Checkin>,
+        ended: bool,
+    },
+    /// From the proxy's own HTTP/1.1 client.
+    Own(h1::Body),
 }
 
 /// One request in flight on an endpoint's shared HTTP/2 connection, until dropped.
@@ -145,6 +168,29 @@ impl Connector {
         ep: &Endpoint,
         req: Request<SendBody>,
     ) -> Result<Response<UpstreamBody>, BoxError> {
+        if h1::can_send(&req) {
+            // An idle connection of the own client, else one of hyper's, else a new one.
+            while let Some(conn) = ep.pool.checkout_own() {
+                match conn.send(&req, true, &ep.pool).await {
+                    Ok(rsp) => return Ok(rsp.map(UpstreamBody::own)),
+                    Err(h1::SendError::Unsent) => {
+                        debug!(endpoint = %ep.addr, "pooled connection closed; sending again");
+                    }
+                    Err(h1::SendError::Failed(e)) => return Err(e),
+                }
+            }
+            if !ep.pool.has_idle_h1() {
+                // NOTE: boxed to keep the per-request future small; connecting is rare.
+                let conn = H1Conn::new(Box::pin(self.open(ep)).await?);
+                return match conn.send(&req, false, &ep.pool).await {
+                    Ok(rsp) => Ok(rsp.map(UpstreamBody::own)),
+                    Err(h1::SendError::Failed(e)) => Err(e),
+                    Err(h1::SendError::Unsent) => {
+                        Err(Box::new(pillion_layers::error::IncompleteResponse))
+                    }
+                };
+            }
+        }
         let (tx, rsp) = self
             .send_on::<http1::SendRequest<SendBody>>(ep, req)
             .await?;
@@ -187,8 +233,12 @@ impl Connector {
         }
     }
 
+    /// A connection for hyper's HTTP/1.1 client: an idle one of the own client, else a new one.
     async fn open_h1(&self, ep: &Endpoint) -> Result<http1::SendRequest<SendBody>, BoxError> {
-        let io = self.open(ep).await?;
+        let io = match ep.pool.checkout_own() {
+            Some(conn) => conn.into_io(),
+            None => self.open(ep).await?,
+        };
         let (tx, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -377,6 +427,30 @@ impl EndpointPool {
         self.start_reaper(&mut s);
     }
 
+    /// Whether an idle connection of hyper's client is pooled.
+    fn has_idle_h1(&self) -> bool {
+        !self.lock().idle.is_empty()
+    }
+
+    /// The most recently used idle connection of the own client that is still usable; those
+    /// the upstream closed (or wrote to unasked) are dropped.
+    fn checkout_own(&self) -> Option<H1Conn> {
+        loop {
+            let mut conn = self.lock().idle_own.pop()?.conn;
+            // NOTE: looked at outside the lock; dropping a dead connection closes its socket.
+            if conn.is_usable() {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Pools a connection of the own client whose exchange has ended.
+    pub(crate) fn checkin_h1_own(self: &Arc<Self>, conn: H1Conn) {
+        let mut s = self.lock();
+        s.idle_own.push(IdleOwn { conn, ticks: 0 });
+        self.start_reaper(&mut s);
+    }
+
     fn checkout_h2(&self) -> Option<http2::SendRequest<SendBody>> {
         let mut s = self.lock();
         match &mut s.h2 {
@@ -429,6 +503,10 @@ impl EndpointPool {
             c.ticks += 1;
             c.ticks < REAP_TICKS && !c.tx.is_closed()
         });
+        s.idle_own.retain_mut(|c| {
+            c.ticks += 1;
+            c.ticks < REAP_TICKS
+        });
         if let Some((tx, unused)) = &mut s.h2 {
             if self.h2_streams.load(Ordering::Relaxed) > 0 {
                 *unused = 0;
@@ -439,7 +517,7 @@ impl EndpointPool {
                 s.h2 = None;
             }
         }
-        if s.idle.is_empty() && s.h2.is_none() {
+        if s.idle.is_empty() && s.idle_own.is_empty() && s.h2.is_none() {
             s.reaping = false;
             return false;
         }
@@ -464,11 +542,22 @@ impl UpstreamBody {
     /// `stream` open for the reaper.
     fn new(inner: Incoming, checkin: Option<Checkin>, stream: Option<H2Stream>) -> Self {
         Self {
-            inner,
-            checkin,
-            ended: false,
+            kind: BodyKind::Hyper {
+                inner,
+                checkin,
+                ended: false,
+            },
             pick: None,
             _stream: stream,
+        }
+    }
+
+    /// A body read by the proxy's own HTTP/1.1 client.
+    fn own(body: h1::Body) -> Self {
+        Self {
+            kind: BodyKind::Own(body),
+            pick: None,
+            _stream: None,
         }
     }
 
@@ -485,34 +574,53 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.ended = true;
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.kind {
+            BodyKind::Own(body) => Pin::new(body).poll_frame(cx),
+            BodyKind::Hyper { inner, ended, .. } => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                if let Poll::Ready(None) = polled {
+                    *ended = true;
+                }
+                polled.map_err(Into::into)
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.kind {
+            BodyKind::Own(body) => body.is_end_stream(),
+            BodyKind::Hyper { inner, .. } => inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.kind {
+            BodyKind::Own(body) => body.size_hint(),
+            BodyKind::Hyper { inner, .. } => inner.size_hint(),
+        }
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if let Some(Checkin { tx, pool }) = self.checkin.take() {
-            // A body dropped before its end leaves the connection mid-response: hyper closes it.
-            if self.ended || self.inner.is_end_stream() {
-                pool.checkin(tx);
+        if let BodyKind::Hyper {
+            inner,
+            checkin,
+            ended,
+        } = &mut self.kind
+        {
+            if let Some(Checkin { tx, pool }) = checkin.take() {
+                // A body dropped before its end leaves the connection mid-response: hyper
+                // closes it.
+                if *ended || inner.is_end_stream() {
+                    pool.checkin(tx);
+                }
             }
         }
     }
@@ -549,10 +657,14 @@ impl Drop for H2Stream {
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamBody")
-            .field("pooled", &self.checkin.is_some())
-            .field("ended", &self.ended)
-            .finish_non_exhaustive()
+        match &self.kind {
+            BodyKind::Own(body) => f.debug_tuple("UpstreamBody").field(body).finish(),
+            BodyKind::Hyper { checkin, ended, .. } => f
+                .debug_struct("UpstreamBody")
+                .field("pooled", &checkin.is_some())
+                .field("ended", ended)
+                .finish_non_exhaustive(),
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use crate::{io::RequestGuard, pool::UpstreamBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use pillion_layers::limit;
+use pillion_layers::{limit, BoxError};
 use std::{
     pin::Pin,
     sync::{
@@ -90,12 +90,12 @@ impl From<limit::ResponseBody<UpstreamBody>> for ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let res = match this.kind.project() {
             KindProj::Upstream { body } => body.poll_frame(cx),
