@@ -43,6 +43,8 @@ const READ_SIZE: usize = 16 * 1024;
 /// A connection whose reads fill the buffer (a large body) reads up to this much at a time.
 const MAX_READ_SIZE: usize = 256 * 1024;
 const MIN_SPARE: usize = 2 * 1024;
+/// How many header names of the last response a connection keeps for the next.
+const KEPT_NAMES: usize = 32;
 
 /// A response the proxy cannot pass on.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,9 @@ pub(crate) struct H1Conn {
     head: Vec<u8>,
     /// How much the read buffer grows by: doubled while reads fill it.
     read_size: usize,
+    /// The header names of the last response, in order: an upstream tends to answer with the
+    /// same headers each time, and a kept name is compared, not parsed (nor allocated again).
+    names: Vec<HeaderName>,
 }
 
 /// Why [`H1Conn::send`] did not produce a response.
@@ -169,6 +174,7 @@ impl H1Conn {
             buf: BytesMut::new(),
             head: Vec::new(),
             read_size: READ_SIZE,
+            names: Vec::new(),
         }
     }
 
@@ -222,7 +228,7 @@ impl H1Conn {
         let is_head = req.method() == Method::HEAD;
         let head = loop {
             if !self.buf.is_empty() {
-                match parse_head(&mut self.buf, is_head) {
+                match parse_head(&mut self.buf, is_head, &mut self.names) {
                     Ok(Parsed::Final(head)) => break head,
                     // What follows an interim response may be all there.
                     Ok(Parsed::Interim) => continue,
@@ -312,7 +318,12 @@ fn encode_head<B>(out: &mut Vec<u8>, req: &Request<B>) {
 }
 
 /// Parses a response head from the start of `buf` and consumes it (a partial one stays).
-fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Parsed, Malformed> {
+/// `names` are the header names of the previous response, reused where they match.
+fn parse_head(
+    buf: &mut BytesMut,
+    is_head: bool,
+    names: &mut Vec<HeaderName>,
+) -> Result<Parsed, Malformed> {
     // Where each header's name and value, and the reason, sit in the head: the head becomes
     // shared bytes only once parsed, and the values are slices of it.
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
@@ -356,9 +367,23 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Parsed, Malformed> {
     let head = buf.split_to(len).freeze();
     let slice = |(start, len): (u32, u32)| head.slice(start as usize..(start + len) as usize);
     let mut headers = HeaderMap::with_capacity(count);
-    for &(ns, nl, vs, vl) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[ns as usize..(ns + nl) as usize])
-            .map_err(|_| Malformed::Invalid("header name"))?;
+    for (i, &(ns, nl, vs, vl)) in spans[..count].iter().enumerate() {
+        let raw = &head[ns as usize..(ns + nl) as usize];
+        let name = match names.get(i) {
+            // NOTE: a kept name is valid and lower-case, so bytes equal to it but for case are
+            // the same name.
+            Some(kept) if kept.as_str().as_bytes().eq_ignore_ascii_case(raw) => kept.clone(),
+            _ => {
+                let name =
+                    HeaderName::from_bytes(raw).map_err(|_| Malformed::Invalid("header name"))?;
+                match names.get_mut(i) {
+                    Some(kept) => *kept = name.clone(),
+                    None if i < KEPT_NAMES => names.push(name.clone()),
+                    None => {}
+                }
+                name
+            }
+        };
         let value = HeaderValue::from_maybe_shared(slice((vs, vl)))
             .map_err(|_| Malformed::Invalid("header value"))?;
         headers.append(name, value);
@@ -653,7 +678,7 @@ mod tests {
 
     fn parse(raw: &str, is_head: bool) -> (Result<Parsed, Malformed>, BytesMut) {
         let mut buf = BytesMut::from(raw.as_bytes());
-        let head = parse_head(&mut buf, is_head);
+        let head = parse_head(&mut buf, is_head, &mut Vec::new());
         (head, buf)
     }
 
@@ -746,6 +771,35 @@ mod tests {
             "x: y\r\n".repeat(MAX_HEADERS + 1)
         );
         assert!(matches!(parse(&many, false).0, Err(Malformed::TooLarge)));
+    }
+
+    #[test]
+    fn header_names_of_the_last_response_are_reused_where_they_match() {
+        let mut names = Vec::new();
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-Server: a\r\ncontent-length: 0\r\n\r\n"[..]);
+        assert!(matches!(
+            parse_head(&mut buf, false, &mut names),
+            Ok(Parsed::Final(_))
+        ));
+        assert_eq!(names, ["x-server", "content-length"]);
+
+        // Same names (one in another case), then a different one in second place.
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nx-server: b\r\nx-other: c\r\ncontent-length: 0\r\n\r\n"[..],
+        );
+        let Ok(Parsed::Final(head)) = parse_head(&mut buf, false, &mut names) else {
+            panic!("parses");
+        };
+        assert_eq!(head.headers["x-server"], "b");
+        assert_eq!(head.headers["x-other"], "c");
+        assert_eq!(head.headers["content-length"], "0");
+        assert_eq!(head.headers.len(), 3);
+        assert_eq!(names, ["x-server", "x-other", "content-length"]);
+
+        // A name unlike the kept one is parsed, and a bad one still refused.
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx-server: d\r\nbad name: e\r\n\r\n"[..]);
+        assert!(parse_head(&mut buf, false, &mut names).is_err());
     }
 
     #[test]

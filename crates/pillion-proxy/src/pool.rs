@@ -191,6 +191,17 @@ impl Connector {
                 };
             }
         }
+        // NOTE: boxed, so hyper's exchange does not widen the own client's future (moved into
+        // a box for every request) for the requests that do not need it.
+        Box::pin(self.send_h1_hyper(ep, req)).await
+    }
+
+    /// Sends `req` on hyper's HTTP/1.1 client.
+    async fn send_h1_hyper(
+        &self,
+        ep: &Endpoint,
+        req: Request<SendBody>,
+    ) -> Result<Response<UpstreamBody>, BoxError> {
         let (tx, rsp) = self
             .send_on::<http1::SendRequest<SendBody>>(ep, req)
             .await?;
