@@ -33,6 +33,27 @@ impl Proxy {
         Self::start_with_args(&[], yaml).await
     }
 
+    /// A proxy with one HTTP listener on a free port (returned) whose requests all go to
+    /// `endpoint`, a cluster speaking `protocol` (`http1`, `http2` or `auto`).
+    pub async fn in_front_of(endpoint: SocketAddr, protocol: &str) -> (Self, SocketAddr) {
+        let listen = free_addr();
+        let proxy = Self::start(&format!(
+            r#"
+listeners:
+  - name: in
+    address: {listen}
+    protocol: http
+    cluster: up
+clusters:
+  - name: up
+    endpoints: [{endpoint}]
+    protocol: {protocol}
+"#
+        ))
+        .await;
+        (proxy, listen)
+    }
+
     /// Like [`Proxy::start`], with extra `pillion run` arguments (e.g. `--log-format json`).
     pub async fn start_with_args(args: &[&str], yaml: &str) -> Self {
         assert!(

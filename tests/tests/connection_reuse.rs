@@ -7,27 +7,11 @@ use std::time::Duration;
 use http::{Response, StatusCode};
 use pillion_tests::client::full;
 use pillion_tests::upstream::Upstream;
-use pillion_tests::{free_addr, within, H1Client, Proxy};
+use pillion_tests::{within, H1Client, Proxy};
 use tokio::sync::Notify;
 
 async fn proxy_to(upstream: &Upstream, cluster_protocol: &str) -> (Proxy, std::net::SocketAddr) {
-    let listen = free_addr();
-    let proxy = Proxy::start(&format!(
-        r#"
-listeners:
-  - name: in
-    address: {listen}
-    protocol: http
-    cluster: up
-clusters:
-  - name: up
-    endpoints: [{}]
-    protocol: {cluster_protocol}
-"#,
-        upstream.addr()
-    ))
-    .await;
-    (proxy, listen)
+    Proxy::in_front_of(upstream.addr(), cluster_protocol).await
 }
 
 async fn ok_upstream() -> Upstream {

@@ -276,21 +276,7 @@ async fn hop_by_hop_response_headers_do_not_reach_the_client() {
             .unwrap()
     })
     .await;
-    let listen = free_addr();
-    let _proxy = Proxy::start(&format!(
-        r#"
-listeners:
-  - name: in
-    address: {listen}
-    protocol: http
-    cluster: up
-clusters:
-  - name: up
-    endpoints: [{}]
-"#,
-        upstream.addr()
-    ))
-    .await;
+    let (_proxy, listen) = Proxy::in_front_of(upstream.addr(), "http1").await;
     let mut client = H1Client::connect(listen).await;
     for _ in 0..2 {
         let reply = client.get("http://svc/").await;

@@ -160,21 +160,7 @@ async fn slow_reader_pushes_back_on_the_upstream_instead_of_buffering() {
     use std::sync::Arc;
     let produced = Arc::new(AtomicU64::new(0));
     let upstream = counting_download_upstream(produced.clone()).await;
-    let listen = free_addr();
-    let proxy = Proxy::start(&format!(
-        r#"
-listeners:
-  - name: in
-    address: {listen}
-    protocol: http
-    cluster: up
-clusters:
-  - name: up
-    endpoints: [{}]
-"#,
-        upstream.addr()
-    ))
-    .await;
+    let (proxy, listen) = Proxy::in_front_of(upstream.addr(), "http1").await;
 
     for downstream in ["h1", "h2"] {
         produced.store(0, std::sync::atomic::Ordering::SeqCst);

@@ -7,28 +7,12 @@ use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use pillion_tests::client::{full, req};
 use pillion_tests::upstream::Upstream;
-use pillion_tests::{free_addr, H1Client, Proxy};
+use pillion_tests::{H1Client, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn proxy_to(upstream: &Upstream) -> (Proxy, std::net::SocketAddr) {
-    let listen = free_addr();
-    let proxy = Proxy::start(&format!(
-        r#"
-listeners:
-  - name: in
-    address: {listen}
-    protocol: http
-    cluster: up
-clusters:
-  - name: up
-    endpoints: [{}]
-    protocol: http1
-"#,
-        upstream.addr()
-    ))
-    .await;
-    (proxy, listen)
+    Proxy::in_front_of(upstream.addr(), "http1").await
 }
 
 /// A body of `len` bytes that is not one byte repeated, so a lost or repeated piece shows.
