@@ -743,6 +743,75 @@ mod tests {
         assert!(!pool.lock().reaping, "the reaper stops with the pool empty");
     }
 
+    /// A connection of the own client to a fresh local listener, and the listener's end of it.
+    async fn own_conn() -> (H1Conn, tokio::net::TcpStream) {
+        use pillion_layers::limit::{Counter, MAX_CONNECTIONS, MAX_PENDING};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: http::Uri = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let metrics = pillion_telemetry::Metrics::register(&mut Default::default());
+        let connector = Counted::new(
+            TlsConnector::new(
+                hyper_util::client::legacy::connect::HttpConnector::new(),
+                None,
+            ),
+            metrics.upstream_stats("test"),
+            Counter::new(MAX_CONNECTIONS, 10),
+            Counter::new(MAX_PENDING, 10),
+        );
+        let (conn, peer) = tokio::join!(connector.oneshot(uri), listener.accept());
+        (H1Conn::new(conn.unwrap()), peer.unwrap().0)
+    }
+
+    /// Checks out an own connection until the runtime has seen what the peer did (or 2s pass);
+    /// returns whether one was still handed out then.
+    async fn checkout_after_peer_acted(pool: &Arc<EndpointPool>) -> bool {
+        for _ in 0..400 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            match pool.checkout_own() {
+                Some(conn) => pool.checkin_h1_own(conn),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn an_own_connection_the_upstream_closed_or_wrote_to_is_not_checked_out() {
+        use tokio::io::AsyncWriteExt;
+        let pool = EndpointPool::new(Duration::from_secs(60));
+
+        let (conn, peer) = own_conn().await;
+        pool.checkin_h1_own(conn);
+        assert!(
+            pool.checkout_own().is_some(),
+            "a quiet connection is usable"
+        );
+        assert!(pool.lock().idle_own.is_empty());
+
+        let (conn, peer_closing) = own_conn().await;
+        pool.checkin_h1_own(conn);
+        drop(peer_closing);
+        assert!(
+            !checkout_after_peer_acted(&pool).await,
+            "a connection the upstream closed is dropped"
+        );
+
+        let (conn, mut peer_writing) = own_conn().await;
+        pool.checkin_h1_own(conn);
+        peer_writing
+            .write_all(b"HTTP/1.1 200 OK\r\n")
+            .await
+            .unwrap();
+        assert!(
+            !checkout_after_peer_acted(&pool).await,
+            "a connection with bytes nobody asked for is dropped"
+        );
+        assert!(pool.lock().idle_own.is_empty());
+        drop(peer);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn checkout_takes_the_most_recent_ready_connection_and_skips_closed_ones() {
         let pool = EndpointPool::new(Duration::from_secs(60));
