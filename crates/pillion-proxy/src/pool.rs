@@ -244,11 +244,15 @@ impl Connector {
         }
     }
 
-    /// A connection for hyper's HTTP/1.1 client: an idle one of the own client, else a new one.
-    async fn open_h1(&self, ep: &Endpoint) -> Result<http1::SendRequest<SendBody>, BoxError> {
-        let io = match ep.pool.checkout_own() {
-            Some(conn) => conn.into_io(),
-            None => self.open(ep).await?,
+    /// A connection for hyper's HTTP/1.1 client: an idle one of the own client, else a new one;
+    /// and whether it was reused.
+    async fn open_h1(
+        &self,
+        ep: &Endpoint,
+    ) -> Result<(http1::SendRequest<SendBody>, bool), BoxError> {
+        let (io, reused) = match ep.pool.checkout_own() {
+            Some(conn) => (conn.into_io(), true),
+            None => (self.open(ep).await?, false),
         };
         let (tx, conn) = http1::Builder::new()
             .handshake(io)
@@ -260,7 +264,7 @@ impl Connector {
                 debug!(endpoint = %addr, %error, "upstream connection ended with an error");
             }
         });
-        Ok(tx)
+        Ok((tx, reused))
     }
 
     /// Sends `req` to `ep` on its shared HTTP/2 connection, opening it if needed.
@@ -353,7 +357,7 @@ impl Sender for http1::SendRequest<SendBody> {
         match ep.pool.checkout_h1() {
             Some(tx) => Ok((tx, true)),
             // NOTE: boxed to keep the per-request future small; connecting is rare.
-            None => Ok((Box::pin(connector.open_h1(ep)).await?, false)),
+            None => Box::pin(connector.open_h1(ep)).await,
         }
     }
 
