@@ -190,10 +190,17 @@ impl H1Conn {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut byte = [0u8; 1];
         let mut probe = ReadBuf::new(&mut byte);
-        self.buf.is_empty()
-            && Pin::new(&mut self.io)
-                .poll_read(&mut cx, &mut probe)
-                .is_pending()
+        Pin::new(&mut self.io)
+            .poll_read(&mut cx, &mut probe)
+            .is_pending()
+    }
+
+    /// Returns the connection to `pool` after its exchange, unless more than the response
+    /// arrived: an upstream that sends what it was not asked for gets no other request.
+    fn release(self, pool: &Arc<EndpointPool>) {
+        if self.buf.is_empty() {
+            pool.checkin_h1_own(self);
+        }
     }
 
     /// Sends `req` (which [`can_send`]) and reads the response head. The body reads the rest and
@@ -494,8 +501,8 @@ impl Body {
         let decode = match framing {
             Framing::Length(n) if n <= conn.buf.len() as u64 => {
                 let data = conn.buf.split_to(n as usize).freeze();
-                if keep_alive && conn.buf.is_empty() {
-                    pool.checkin_h1_own(conn);
+                if keep_alive {
+                    conn.release(pool);
                 }
                 return Self {
                     data: (!data.is_empty()).then_some(data),
@@ -520,9 +527,7 @@ impl Body {
     /// nothing more.
     fn finish(&mut self) {
         if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take()) {
-            if conn.buf.is_empty() {
-                pool.checkin_h1_own(conn);
-            }
+            conn.release(&pool);
         }
     }
 

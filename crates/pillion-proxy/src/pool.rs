@@ -169,26 +169,22 @@ impl Connector {
         req: Request<SendBody>,
     ) -> Result<Response<UpstreamBody>, BoxError> {
         if h1::can_send(&req) {
-            // An idle connection of the own client, else one of hyper's, else a new one.
-            while let Some(conn) = ep.pool.checkout_own() {
-                match conn.send(&req, true, &ep.pool).await {
+            // An idle connection of the own client, else one of hyper's, else a new one; again
+            // on another when a reused one had closed before any of the request was written.
+            loop {
+                let (conn, reused) = match ep.pool.checkout_own() {
+                    Some(conn) => (conn, true),
+                    None if ep.pool.has_idle_h1() => break,
+                    // NOTE: boxed to keep the per-request future small; connecting is rare.
+                    None => (H1Conn::new(Box::pin(self.open(ep)).await?), false),
+                };
+                match conn.send(&req, reused, &ep.pool).await {
                     Ok(rsp) => return Ok(rsp.map(UpstreamBody::own)),
                     Err(h1::SendError::Unsent) => {
                         debug!(endpoint = %ep.addr, "pooled connection closed; sending again");
                     }
                     Err(h1::SendError::Failed(e)) => return Err(e),
                 }
-            }
-            if !ep.pool.has_idle_h1() {
-                // NOTE: boxed to keep the per-request future small; connecting is rare.
-                let conn = H1Conn::new(Box::pin(self.open(ep)).await?);
-                return match conn.send(&req, false, &ep.pool).await {
-                    Ok(rsp) => Ok(rsp.map(UpstreamBody::own)),
-                    Err(h1::SendError::Failed(e)) => Err(e),
-                    Err(h1::SendError::Unsent) => {
-                        Err(Box::new(pillion_layers::error::IncompleteResponse))
-                    }
-                };
             }
         }
         // NOTE: boxed, so hyper's exchange does not widen the own client's future (moved into
