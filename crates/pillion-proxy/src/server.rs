@@ -4,7 +4,7 @@ use crate::{
     cluster::Cluster,
     detect::{detect, read_http_version, Detected},
     http::{ConnCtx, HttpListener, ProxyError, RouteTable},
-    io::{Activity, IdleIo, PrefixedIo},
+    io::{Activity, IdleIo, PrefixedIo, TcpIo},
     tcp,
 };
 use arc_swap::ArcSwap;
@@ -252,7 +252,8 @@ async fn serve_connection(
     tasks: TaskTracker,
 ) {
     let Some((mode, server)) = &l.tls else {
-        return serve_stream(l.clone(), stream, peer, None, shutdown, tasks).await;
+        let io = TcpIo::new(stream);
+        return serve_stream(l.clone(), io, peer, None, shutdown, tasks).await;
     };
     let (tls, prefix) = match mode {
         TlsMode::Permissive => match sniff(&mut stream, l.detect_timeout).await {
@@ -265,7 +266,7 @@ async fn serve_connection(
         // NOTE: `Disabled` builds no ServerTls, so `l.tls` is None for it.
         _ => (true, BytesMut::new()),
     };
-    let io = PrefixedIo::new(prefix, stream);
+    let io = PrefixedIo::new(prefix, TcpIo::new(stream));
     // NOTE: boxed so that the plaintext path, the common one, keeps a small task.
     if !tls {
         return Box::pin(serve_stream(l.clone(), io, peer, None, shutdown, tasks)).await;
