@@ -3,6 +3,7 @@
 use crate::{
     cluster::Cluster,
     detect::{detect, read_http_version, Detected},
+    h1_server,
     http::{ConnCtx, HttpListener, ProxyError, RouteTable},
     io::{Activity, IdleIo, PrefixedIo, TcpIo},
     tcp,
@@ -12,11 +13,20 @@ use bytes::BytesMut;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pillion_config::{self as config, Config, Protocol, TlsMode};
+use pillion_layers::BoxError;
 use pillion_telemetry::{access_log::AccessLog, Metrics, TcpLabels, TcpStats};
 use pillion_tls::{authz::Policy, PeerInfo, ServerTls, TlsMetrics};
 use prometheus_client::metrics::counter::Counter;
 use std::{
-    collections::HashMap, future::Future, net::SocketAddr, pin::Pin, sync::Arc, task::Poll,
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::Poll,
     time::Duration,
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -356,17 +366,12 @@ async fn serve_stream<I>(
                 scheme: if tls.is_some() { "https" } else { "http" },
                 identity,
             });
-            // NOTE: an HTTP/1 request is under way from its dispatch to its response's end, so
-            // that the head timeout counts only bytes of a head.
-            let requests = http1.then(|| activity.clone());
-            let svc = hyper::service::service_fn(move |req| {
-                let guard = requests.as_ref().map(Activity::request_started);
-                crate::http::handle(ctx.clone(), req, guard)
-            });
-            let io = TokioIo::new(io);
             let result = if !http1 {
+                let svc = hyper::service::service_fn(move |req| {
+                    crate::http::handle(ctx.clone(), req, None)
+                });
                 // NOTE: boxed; HTTP/2 state is large and an HTTP/1 connection needs none of it.
-                let conn = l.h2.serve_connection(io, svc);
+                let conn = l.h2.serve_connection(TokioIo::new(io), svc);
                 Box::pin(drive(
                     conn,
                     |c| c.graceful_shutdown(),
@@ -376,15 +381,23 @@ async fn serve_stream<I>(
                     &shutdown,
                 ))
                 .await
+                .map_err(BoxError::from)
             } else {
-                let conn = l.h1.serve_connection(io, svc).with_upgrades();
-                let head_timeout = Some(l.head_timeout);
+                // NOTE: an HTTP/1 request is under way from its dispatch to its response's end,
+                // so that the head timeout counts only bytes of a head.
+                let closing = Arc::new(AtomicBool::new(false));
+                let server = h1_server::Server {
+                    ctx,
+                    activity: activity.clone(),
+                    closing: closing.clone(),
+                    fallback: l.h1.clone(),
+                };
                 drive(
-                    conn,
-                    |c| c.graceful_shutdown(),
+                    h1_server::serve(io, server),
+                    |_| closing.store(true, Ordering::Relaxed),
                     &l,
                     &activity,
-                    head_timeout,
+                    Some(l.head_timeout),
                     &shutdown,
                 )
                 .await
@@ -402,16 +415,16 @@ async fn serve_stream<I>(
 /// Runs an HTTP connection to its end; on shutdown or when idle, closes it gracefully (GOAWAY,
 /// or `Connection: close` after the request in flight). With `head_timeout` (HTTP/1), a request
 /// head must arrive whole within it of its first byte, or the client gets a 408 and the close.
-async fn drive<C>(
+async fn drive<C, E>(
     conn: C,
     graceful: impl Fn(Pin<&mut C>),
     l: &Listener,
     activity: &Activity,
     head_timeout: Option<Duration>,
     shutdown: &CancellationToken,
-) -> hyper::Result<()>
+) -> Result<(), E>
 where
-    C: Future<Output = hyper::Result<()>>,
+    C: Future<Output = Result<(), E>>,
 {
     tokio::pin!(conn);
     let cancelled = shutdown.cancelled();

@@ -40,8 +40,34 @@ pin_project_lite::pin_project! {
     /// The request body sent upstream: the downstream body, counted when the access log is on.
     pub struct RequestBody {
         #[pin]
-        inner: Incoming,
+        inner: Downstream,
         received: Option<Arc<AtomicU64>>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's body as the downstream connection delivers it: hyper's, or none at all (a
+    /// request the proxy's own HTTP/1.1 server read has no body).
+    #[project = DownstreamProj]
+    pub enum Downstream {
+        Hyper { #[pin] body: Incoming },
+        Empty,
+    }
+}
+
+impl From<Incoming> for Downstream {
+    fn from(body: Incoming) -> Self {
+        Self::Hyper { body }
+    }
+}
+
+/// The body of a request without one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoBody;
+
+impl From<NoBody> for Downstream {
+    fn from(_: NoBody) -> Self {
+        Self::Empty
     }
 }
 
@@ -141,8 +167,11 @@ impl Body for ProxyBody {
 
 impl RequestBody {
     /// Wraps a downstream body, counting into `received` when given.
-    pub fn new(inner: Incoming, received: Option<Arc<AtomicU64>>) -> Self {
-        Self { inner, received }
+    pub fn new(inner: impl Into<Downstream>, received: Option<Arc<AtomicU64>>) -> Self {
+        Self {
+            inner: inner.into(),
+            received,
+        }
     }
 }
 
@@ -155,7 +184,10 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
-        let res = this.inner.poll_frame(cx);
+        let res = match this.inner.project() {
+            DownstreamProj::Hyper { body } => body.poll_frame(cx),
+            DownstreamProj::Empty => return Poll::Ready(None),
+        };
         if let (Some(c), Poll::Ready(Some(Ok(f)))) = (this.received, &res) {
             c.fetch_add(
                 f.data_ref().map_or(0, |d| d.len() as u64),
@@ -166,10 +198,16 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Downstream::Hyper { body } => body.is_end_stream(),
+            Downstream::Empty => true,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Downstream::Hyper { body } => body.size_hint(),
+            Downstream::Empty => SizeHint::with_exact(0),
+        }
     }
 }

@@ -7,14 +7,13 @@ pub mod ids;
 mod log;
 mod router;
 
-pub use self::body::{ProxyBody, RequestBody};
+pub use self::body::{Downstream, NoBody, ProxyBody, RequestBody};
 pub use self::error::{ProxyError, ERROR_HEADER};
 pub use self::router::{rate_policy, Route, RouteService, RouteTable};
 
 use self::{log::PendingLog, router::Target};
 use crate::{cluster::UpstreamError, io::RequestGuard};
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use pillion_layers::{error::find, ratelimit::Bucket, retry::Attempts};
 use pillion_telemetry::access_log::{AccessLog, Entry};
@@ -86,9 +85,9 @@ struct Upstream {
 /// Handles one request: route, forward, and map any failure to a response.
 ///
 /// On HTTP/1, `request` marks the request under way until its response ends.
-pub async fn handle(
+pub async fn handle<B: Into<Downstream>>(
     ctx: Arc<ConnCtx>,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     request: Option<RequestGuard>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
@@ -174,7 +173,7 @@ pub async fn handle(
 
 /// Rewrites the request's path to its normalized form (see
 /// [`pillion_tls::authz::normalize_path`]); false when it cannot be normalized.
-fn normalize_path(req: &mut Request<Incoming>) -> bool {
+fn normalize_path<B>(req: &mut Request<B>) -> bool {
     let normalized = match pillion_tls::authz::normalize_path(req.uri().path()) {
         None => return false,
         Some(std::borrow::Cow::Borrowed(_)) => return true,
@@ -199,7 +198,7 @@ fn normalize_path(req: &mut Request<Incoming>) -> bool {
 }
 
 /// The start of a request's access-log line.
-fn entry(ctx: &ConnCtx, req: &Request<Incoming>, ids: &ids::Ids) -> Entry {
+fn entry<B>(ctx: &ConnCtx, req: &Request<B>, ids: &ids::Ids) -> Entry {
     let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
         req.headers()
             .get(http::header::HOST)
@@ -237,11 +236,11 @@ fn entry(ctx: &ConnCtx, req: &Request<Incoming>, ids: &ids::Ids) -> Entry {
     }
 }
 
-async fn forward(
+async fn forward<B: Into<Downstream>>(
     ctx: &ConnCtx,
     route: &Route,
     target: &Target,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     received: Option<Arc<std::sync::atomic::AtomicU64>>,
     upstream: &mut Upstream,
 ) -> Result<Response<ProxyBody>, ProxyError> {
