@@ -50,8 +50,11 @@ const MAX_HEAD: usize = 8192 + 4096 * 100;
 const READ_SIZE: usize = 8 * 1024;
 const MIN_SPARE: usize = 1024;
 /// Response data up to this size is copied beside what is queued (the head) and goes out with it
-/// in one write; a larger frame is written from where it is.
-const COPY_MAX: usize = 16 * 1024;
+/// in one write; a larger frame is written from where it is, beside the queue (one `sendmsg`).
+const COPY_MAX: usize = 4 * 1024;
+/// A write queue that grew past this (large headers, or small frames of a streamed body) is
+/// freed after its response, so an idle connection keeps little.
+const OUT_KEEP: usize = 2 * COPY_MAX;
 
 /// What a downstream HTTP/1 connection is served with.
 pub(crate) struct Server {
@@ -142,6 +145,9 @@ where
         let Some(rsp) = rsp else { return Ok(()) };
         let close = close || s.closing.load(Ordering::Relaxed);
         conn.respond(rsp, is_head, close).await?;
+        if conn.out.capacity() > OUT_KEEP {
+            conn.out = Vec::new();
+        }
         if close {
             poll_fn(|cx| Pin::new(&mut conn.io).poll_shutdown(cx)).await?;
             return Ok(());
@@ -246,6 +252,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         };
 
         let head = self.buf.split_to(len).freeze();
+        if len > READ_SIZE && self.buf.is_empty() {
+            // A large head grew the buffer: let that allocation go with the request, and read the
+            // next one into a buffer of the usual size.
+            self.buf = BytesMut::new();
+        }
         let slice = |(start, len): (u32, u32)| head.slice(start as usize..(start + len) as usize);
         match build(&head, &self.spans, slice, target) {
             Some((uri, headers)) => {
@@ -620,6 +631,33 @@ mod tests {
         // A length of zero is no body.
         let mut c = conn(b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
         assert!(matches!(c.parse(), Some(Next::Request(..))));
+    }
+
+    #[test]
+    fn a_large_head_does_not_stay_in_the_connection_buffer() {
+        let head = format!(
+            "GET / HTTP/1.1\r\ncookie: {}\r\n\r\n",
+            "c".repeat(64 * 1024)
+        );
+        let mut c = conn(head.as_bytes());
+        let Some(Next::Request(req, _)) = c.parse() else {
+            panic!("a request")
+        };
+        assert_eq!(req.headers()["cookie"].len(), 64 * 1024);
+        assert_eq!(
+            c.buf.capacity(),
+            0,
+            "the next head gets a buffer of the usual size"
+        );
+
+        let mut c = conn(b"GET / HTTP/1.1\r\n\r\n");
+        let cap = c.buf.capacity();
+        assert!(matches!(c.parse(), Some(Next::Request(..))));
+        assert_eq!(
+            c.buf.capacity(),
+            cap - 18,
+            "a small head leaves the buffer in use"
+        );
     }
 
     #[test]
