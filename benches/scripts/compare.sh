@@ -251,6 +251,9 @@ PROXY_PID=$ECHO_PID wait_http "http://127.0.0.1:$ECHO_PORT/" 15 || { echo "error
 python3 "$UTIL" wait-tcp "$SINK_PORT" 15 || { echo "error: tcp sink did not start" >&2; exit 1; }
 
 # --- proxy configs --------------------------------------------------------------------------
+# The configs are equivalent and minimal: no proxy adds request ids, trace context or
+# x-forwarded-* headers (nginx and HAProxy add none without being told to), so the upstream does
+# the same work behind each.
 write_pillion() { # DIR
     cat >"$1/pillion.yaml" <<EOF
 admin: { address: 127.0.0.1:$ADMIN_PORT, health_address: null }
@@ -260,12 +263,14 @@ listeners:
     protocol: http
     request_id: false
     trace_context: false
+    forwarded_headers: false
     cluster: app
   - name: in-h2
     address: 127.0.0.1:$H2_PORT
     protocol: http
     request_id: false
     trace_context: false
+    forwarded_headers: false
     cluster: app
   - name: tcp
     address: 127.0.0.1:$TCP_PORT

@@ -170,6 +170,38 @@ async fn x_forwarded_headers_are_appended_not_replaced() {
 }
 
 #[tokio::test]
+async fn forwarded_headers_false_passes_them_as_the_client_sent_them() {
+    let echo = Echo::start().await;
+    let listen = free_addr();
+    let _proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: in
+    address: {listen}
+    protocol: http
+    forwarded_headers: false
+    cluster: app
+clusters:
+  - name: app
+    endpoints: [{}]
+"#,
+        echo.addr()
+    ))
+    .await;
+    let mut client = H1Client::connect(listen).await;
+    let seen = client.get("http://svc.example/").await.echo();
+    assert_eq!(seen.header("x-forwarded-for"), None, "{seen:?}");
+    assert_eq!(seen.header("x-forwarded-proto"), None, "{seen:?}");
+
+    let request = req("GET", "http://svc.example/")
+        .header("x-forwarded-for", "10.1.2.3")
+        .body(pillion_tests::client::empty())
+        .unwrap();
+    let seen = client.request(request).await.echo();
+    assert_eq!(seen.header("x-forwarded-for"), Some("10.1.2.3"), "{seen:?}");
+}
+
+#[tokio::test]
 async fn many_requests_on_one_client_connection_are_counted_per_status_class() {
     let s = setup().await;
     let mut client = H1Client::connect(s.inbound).await;

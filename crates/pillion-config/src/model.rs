@@ -92,6 +92,9 @@ pub struct Listener {
     /// Keep or start a W3C trace (`traceparent`), recording this hop as the new parent.
     #[serde(default = "defaults::yes")]
     pub trace_context: bool,
+    /// Append the client's address to `x-forwarded-for` and set `x-forwarded-proto`.
+    #[serde(default = "defaults::yes")]
+    pub forwarded_headers: bool,
     /// The catch-all cluster: HTTP requests no route matched, and TCP (or undetected) traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,

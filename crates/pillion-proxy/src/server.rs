@@ -585,6 +585,7 @@ impl Listener {
             direction,
             request_id: cfg.request_id,
             trace_context: cfg.trace_context,
+            forwarded_headers: cfg.forwarded_headers,
             access_log,
             policy,
             rate_limit: cfg.rate_limit.map(|r| {

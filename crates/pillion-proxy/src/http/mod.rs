@@ -40,6 +40,8 @@ pub struct HttpListener {
     pub request_id: bool,
     /// Keep or start a W3C trace.
     pub trace_context: bool,
+    /// Append `x-forwarded-for`, set `x-forwarded-proto`.
+    pub forwarded_headers: bool,
     /// The access log, when on.
     pub access_log: Option<AccessLog>,
     /// The listener-wide rate limit.
@@ -253,7 +255,9 @@ async fn forward<B: Into<Downstream>>(
     let (mut parts, body) = req.into_parts();
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);
-    headers::set_forwarded(h, &ctx.client_ip, ctx.scheme);
+    if ctx.listener.forwarded_headers {
+        headers::set_forwarded(h, &ctx.client_ip, ctx.scheme);
+    }
     // NOTE: always removed first, so a client cannot claim an identity it did not prove.
     h.remove(PEER_IDENTITY);
     if let Some(id) = &ctx.identity {
