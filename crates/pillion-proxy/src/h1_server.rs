@@ -334,8 +334,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                         }
                         length = Some(n);
                     }
-                    // Hop-by-hop framing from the app is the proxy's to decide; a bad or
-                    // conflicting length is replaced by the body's own.
+                    // NOTE: the clients refuse an upstream's bad or conflicting lengths, so this
+                    // is the proxy's own response: a bad length is dropped (the body's size frames
+                    // it instead), and a second one that disagrees with the first.
                     _ => continue,
                 }
             } else if name == header::TRANSFER_ENCODING || (close && name == header::CONNECTION) {
