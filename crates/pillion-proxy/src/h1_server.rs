@@ -327,7 +327,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         let mut date = false;
         for (name, value) in &parts.headers {
             if name == header::CONTENT_LENGTH {
-                match crate::h1::parse_decimal(value.as_bytes().trim_ascii()) {
+                match crate::h1_client::parse_decimal(value.as_bytes().trim_ascii()) {
                     Some(n) if length.is_none_or(|m| m == n) => {
                         if length.is_some() {
                             continue;

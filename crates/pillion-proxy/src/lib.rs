@@ -7,7 +7,7 @@
 pub mod cluster;
 pub mod connect;
 pub mod detect;
-mod h1;
+mod h1_client;
 mod h1_server;
 pub mod http;
 pub mod io;

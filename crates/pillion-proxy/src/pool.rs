@@ -20,7 +20,7 @@
 use crate::{
     cluster::Endpoint,
     connect::{Counted, CountedConn},
-    h1::{self, H1Conn},
+    h1_client::{self as h1, H1Conn},
     http::RequestBody,
 };
 use bytes::Bytes;
