@@ -140,6 +140,15 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
         assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
     }
 
+    // An absolute-form target (as a client sends it to a forward proxy) reaches the app in
+    // origin form.
+    client
+        .send(b"GET http://svc.example/abs?q=1 HTTP/1.1\r\nhost: svc.example\r\n\r\n")
+        .await;
+    let seen = client.response(false).await.echo();
+    assert_eq!(seen.path, "/abs?q=1");
+    assert_eq!(seen.header("host"), Some("svc.example"));
+
     // A head split over several writes is read whole.
     let head = get("/split", "x-one: 1\r\n");
     for piece in head.as_bytes().chunks(5) {
