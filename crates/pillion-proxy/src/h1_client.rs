@@ -31,9 +31,11 @@ use std::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The most headers a response head may have (hyper's default).
+/// The most headers a head may have (hyper's default), in a response here and in a request on
+/// the own server.
 pub(crate) const MAX_HEADERS: usize = 100;
-/// The most bytes a response head (or a trailer block) may take (hyper's default buffer limit).
+/// The most bytes a head (or a trailer block) may take (hyper's default buffer limit), in a
+/// response here and in a request on the own server.
 pub(crate) const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// A chunk-size line longer than this (with its extensions) is refused.
 const MAX_CHUNK_LINE: usize = 4096;
@@ -316,11 +318,16 @@ fn encode_head<B>(out: &mut Vec<u8>, req: &Request<B>) {
         if name == header::TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes one header line.
+pub(crate) fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 

@@ -19,6 +19,7 @@
 //! that fails mid-way aborts the connection.
 
 use crate::{
+    h1_client::{parse_decimal, put_header, MAX_HEAD, MAX_HEADERS},
     http::{handle, ConnCtx, NoBody, ProxyBody},
     io::{Activity, PrefixedIo},
 };
@@ -42,10 +43,6 @@ use std::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// The most headers a request head may have here (hyper's default; hyper answers a larger one).
-const MAX_HEADERS: usize = 100;
-/// The most bytes a request head may take here (hyper's default buffer limit).
-const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// The read buffer grows by this much when less than [`MIN_SPARE`] is left.
 const READ_SIZE: usize = 8 * 1024;
 const MIN_SPARE: usize = 1024;
@@ -327,7 +324,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         let mut date = false;
         for (name, value) in &parts.headers {
             if name == header::CONTENT_LENGTH {
-                match crate::h1_client::parse_decimal(value.as_bytes().trim_ascii()) {
+                match parse_decimal(value.as_bytes().trim_ascii()) {
                     Some(n) if length.is_none_or(|m| m == n) => {
                         if length.is_some() {
                             continue;
@@ -355,7 +352,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             }
             None => match body.size_hint().exact() {
                 Some(n) => {
-                    put_header(out, b"content-length", n.to_string().as_bytes());
+                    put_header(out, b"content-length", decimal(n, &mut [0; 20]));
                     Framing::Length(n)
                 }
                 None => {
@@ -524,11 +521,17 @@ fn build(
     Some((uri, headers))
 }
 
-fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
+/// `n` in decimal, written at the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
 }
 
 /// Writes a chunk-size line.
@@ -659,6 +662,13 @@ mod tests {
             cap - 18,
             "a small head leaves the buffer in use"
         );
+    }
+
+    #[test]
+    fn lengths_are_decimal() {
+        for n in [0, 7, 10, 128, u64::MAX] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
     }
 
     #[test]
