@@ -36,14 +36,30 @@ impl Proxy {
     /// A proxy with one HTTP listener on a free port (returned) whose requests all go to
     /// `endpoint`, a cluster speaking `protocol` (`http1`, `http2` or `auto`).
     pub async fn in_front_of(endpoint: SocketAddr, protocol: &str) -> (Self, SocketAddr) {
+        Self::in_front_of_with(endpoint, protocol, "", "").await
+    }
+
+    /// Like [`Proxy::in_front_of`], with extra top-level settings (`top`, YAML lines such as
+    /// `drain_timeout: 1s`) and extra settings of the listener (`listener`, unindented lines).
+    pub async fn in_front_of_with(
+        endpoint: SocketAddr,
+        protocol: &str,
+        top: &str,
+        listener: &str,
+    ) -> (Self, SocketAddr) {
         let listen = free_addr();
+        let listener: String = listener
+            .lines()
+            .map(|l| format!("    {}\n", l.trim()))
+            .collect();
         let proxy = Self::start(&format!(
             r#"
+{top}
 listeners:
   - name: in
     address: {listen}
     protocol: http
-    cluster: up
+{listener}    cluster: up
 clusters:
   - name: up
     endpoints: [{endpoint}]

@@ -172,22 +172,8 @@ async fn x_forwarded_headers_are_appended_not_replaced() {
 #[tokio::test]
 async fn forwarded_headers_false_passes_them_as_the_client_sent_them() {
     let echo = Echo::start().await;
-    let listen = free_addr();
-    let _proxy = Proxy::start(&format!(
-        r#"
-listeners:
-  - name: in
-    address: {listen}
-    protocol: http
-    forwarded_headers: false
-    cluster: app
-clusters:
-  - name: app
-    endpoints: [{}]
-"#,
-        echo.addr()
-    ))
-    .await;
+    let (_proxy, listen) =
+        Proxy::in_front_of_with(echo.addr(), "http1", "", "forwarded_headers: false").await;
     let mut client = H1Client::connect(listen).await;
     let seen = client.get("http://svc.example/").await.echo();
     assert_eq!(seen.header("x-forwarded-for"), None, "{seen:?}");

@@ -46,23 +46,8 @@ async fn gated_upstream() -> Gated {
 }
 
 async fn proxy_to(upstream: &Upstream, drain_timeout: &str) -> (Proxy, SocketAddr) {
-    let listen = free_addr();
-    let proxy = Proxy::start(&format!(
-        r#"
-drain_timeout: {drain_timeout}
-listeners:
-  - name: in
-    address: {listen}
-    protocol: http
-    cluster: up
-clusters:
-  - name: up
-    endpoints: [{}]
-"#,
-        upstream.addr()
-    ))
-    .await;
-    (proxy, listen)
+    let top = format!("drain_timeout: {drain_timeout}");
+    Proxy::in_front_of_with(upstream.addr(), "http1", &top, "").await
 }
 
 #[tokio::test]
