@@ -8,7 +8,7 @@ use http::{Response, StatusCode};
 use nix::sys::signal::Signal;
 use pillion_tests::client::full;
 use pillion_tests::upstream::Upstream;
-use pillion_tests::{eventually, free_addr, within, H1Client, H2Client, Proxy, Reply};
+use pillion_tests::{eventually, within, H1Client, H2Client, Proxy, Reply};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
