@@ -13,10 +13,16 @@
                                             HTTP/1.1 request on each and reads the response, writes
                                             "ok=K failed=F" to READYFILE, then holds them until killed
   benchutil.py proc PID...                  prints "cpu_ticks rss_kb" summed over the PIDs (utime+stime)
+  benchutil.py hops TRACE                   from a tracefs text trace of one proxy's threads (epoll_wait
+                                            enter/exit and sched_waking events), the proxy's time per hop:
+                                            from epoll_wait returning to the first wake-up it causes (the
+                                            forwarded bytes waking the peer); prints
+                                            "hop_p50_us=X hop_mean_us=Y hops=N"
 """
 
 import json
 import os
+import re
 import resource
 import socket
 import struct
@@ -205,6 +211,38 @@ def proc(pids):
     print(ticks, rss)
 
 
+TRACE_LINE = re.compile(r"^\s*(.*)-(\d+)\s+\[\d+\]\s+\S+\s+([\d.]+):\s+(\w+):\s+(.*)$")
+
+
+def hops(path):
+    # Per thread: the time its epoll_wait returned, until the thread either wakes another task
+    # (a hop: the bytes it forwarded woke the peer) or waits again without having woken anyone.
+    woke_at = {}
+    spans = []
+    with open(path) as f:
+        for line in f:
+            m = TRACE_LINE.match(line)
+            if not m:
+                continue
+            _, tid, ts, event, _ = m.groups()
+            t = float(ts) * 1e6
+            if event == "sys_exit":
+                woke_at[tid] = t
+            elif event == "sched_waking":
+                start = woke_at.pop(tid, None)
+                if start is not None:
+                    spans.append(t - start)
+            elif event == "sys_enter":
+                woke_at.pop(tid, None)
+    if not spans:
+        print("error: no hops in the trace", file=sys.stderr)
+        return 1
+    spans.sort()
+    mean = sum(spans) / len(spans)
+    print(f"hop_p50_us={spans[len(spans) // 2]:.1f} hop_mean_us={mean:.2f} hops={len(spans)}")
+    return 0
+
+
 def main(argv):
     cmd, args = argv[1], argv[2:]
     if cmd == "ports":
@@ -221,6 +259,8 @@ def main(argv):
         idle_conns(int(args[0]), int(args[1]), args[2])
     elif cmd == "proc":
         proc(args)
+    elif cmd == "hops":
+        return hops(args[0])
     else:
         print(__doc__, file=sys.stderr)
         return 2

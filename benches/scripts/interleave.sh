@@ -3,7 +3,7 @@
 # minute on a shared machine lands on every target alike (compare.sh runs each target once per
 # round, minutes apart).
 #
-#   benches/scripts/interleave.sh [--rounds N] [--load wrk|bench|latency] TARGET...
+#   benches/scripts/interleave.sh [--rounds N] [--load wrk|bench|latency|hops] TARGET...
 #
 # TARGET is a pillion binary (a path), `haproxy` or `nginx`. In each round every target is
 # started in turn, pinned to CPU 0 with one worker (the echo upstream and the load run on CPU 1),
@@ -13,6 +13,10 @@
 #   bench    pillion bench -c 50 -n 100000: the same three
 #   latency  pillion bench -c 1 -d 3s (p50), then -c 4 --rate 5000 -d 5s after 1s of warm-up
 #            (p50 and p99)
+#   hops     pillion bench -c 1 -d 3s, traced for half a second with tracefs (needs root): the
+#            proxy's own time per hop, from its epoll_wait returning to the wake-up its forwarded
+#            bytes cause on the other side. The latency a proxy adds is two hops plus four
+#            cross-CPU wake-ups; the wake-ups are the machine's, the hops are the proxy's.
 # Prints every round, then the medians per target.
 #
 # Pillion runs with request ids, trace context and forwarding headers off, as in compare.sh;
@@ -28,13 +32,13 @@ TARGETS=()
 while (($#)); do
     case $1 in
         --rounds) ROUNDS=${2:?--rounds N}; shift 2 ;;
-        --load) LOAD=${2:?--load wrk|bench|latency}; shift 2 ;;
-        -h | --help) sed -n '2,19p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        --load) LOAD=${2:?--load wrk|bench|latency|hops}; shift 2 ;;
+        -h | --help) sed -n '2,23p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) TARGETS+=("$1"); shift ;;
     esac
 done
-case $LOAD in wrk | bench | latency) ;; *) echo "error: unknown load $LOAD" >&2; exit 2 ;; esac
-((${#TARGETS[@]})) || { echo "usage: $0 [--rounds N] [--load wrk|bench|latency] TARGET..." >&2; exit 2; }
+case $LOAD in wrk | bench | latency | hops) ;; *) echo "error: unknown load $LOAD" >&2; exit 2 ;; esac
+((${#TARGETS[@]})) || { echo "usage: $0 [--rounds N] [--load wrk|bench|latency|hops] TARGET..." >&2; exit 2; }
 PILLION=${PILLION:-$ROOT/target/release/pillion}
 UTIL=$ROOT/benches/scripts/benchutil.py
 [[ -x $PILLION ]] || { echo "error: $PILLION not found; build it: cargo build --release -p pillion" >&2; exit 1; }
@@ -61,12 +65,60 @@ stop_pid() { # PID: SIGTERM, wait up to 5 s, SIGKILL
     if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
     wait "$pid" 2>/dev/null || true
 }
+TRACEFS=""
+TRACE_BUF=""
+TRACE_ON=""
 cleanup() {
     local pid
     for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    reset_tracing
     rm -rf "$WORK"
 }
+setup_tracing() { # for --load hops: only epoll_wait enter/exit and sched_waking, of the proxy
+    local dir ids
+    for dir in /sys/kernel/tracing /sys/kernel/debug/tracing; do
+        if [[ -w $dir/trace ]]; then TRACEFS=$dir; break; fi
+    done
+    [[ -n $TRACEFS ]] || { echo "error: --load hops needs a writable tracefs (root, /sys/kernel/tracing)" >&2; exit 1; }
+    case $(uname -m) in
+        x86_64) ids="id == 232 || id == 281 || id == 441" ;; # epoll_wait, epoll_pwait, epoll_pwait2
+        aarch64) ids="id == 22 || id == 441" ;;
+        *) echo "error: --load hops: epoll_wait's syscall number on $(uname -m) is not known here" >&2; exit 1 ;;
+    esac
+    TRACE_ON=$(cat "$TRACEFS/tracing_on")
+    echo 0 >"$TRACEFS/tracing_on"
+    : >"$TRACEFS/set_event"
+    TRACE_BUF=$(cat "$TRACEFS/buffer_size_kb")
+    echo 16384 >"$TRACEFS/buffer_size_kb"
+    echo "$ids" >"$TRACEFS/events/raw_syscalls/sys_enter/filter"
+    echo "$ids" >"$TRACEFS/events/raw_syscalls/sys_exit/filter"
+}
+reset_tracing() {
+    [[ -n $TRACEFS ]] || return 0
+    echo 0 >"$TRACEFS/tracing_on" || true
+    : >"$TRACEFS/set_event" || true
+    : >"$TRACEFS/set_event_pid" || true
+    echo 0 >"$TRACEFS/events/raw_syscalls/sys_enter/filter" || true
+    echo 0 >"$TRACEFS/events/raw_syscalls/sys_exit/filter" || true
+    [[ -z $TRACE_BUF ]] || echo "$TRACE_BUF" >"$TRACEFS/buffer_size_kb" || true
+    : >"$TRACEFS/trace" || true
+    [[ -z $TRACE_ON ]] || echo "$TRACE_ON" >"$TRACEFS/tracing_on" || true
+}
+trace_window() { # OUT PID... : half a second of the PIDs' threads' events into OUT
+    local out=$1 p e
+    shift
+    for p in "$@"; do ls "/proc/$p/task"; done | tr '\n' ' ' >"$TRACEFS/set_event_pid"
+    : >"$TRACEFS/trace"
+    for e in raw_syscalls:sys_enter raw_syscalls:sys_exit sched:sched_waking; do echo "$e" >>"$TRACEFS/set_event"; done
+    echo 1 >"$TRACEFS/tracing_on"
+    sleep 0.5
+    echo 0 >"$TRACEFS/tracing_on"
+    cat "$TRACEFS/trace" >"$out"
+    : >"$TRACEFS/set_event"
+    : >"$TRACEFS/set_event_pid"
+}
 trap cleanup EXIT
+if [[ $LOAD == hops ]]; then setup_tracing; fi
 trap 'exit 130' INT TERM
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 taskset -pc 1 $$ >/dev/null
@@ -179,6 +231,15 @@ one() { # TARGET -> one line of results
             rate=$("$PILLION" bench --json --no-progress -c 4 --rate 5000 --warmup 1s -d 5s "$url" |
                 json_field '"p50_rate_us=%d p99_rate_us=%d" % (r["latency_us"]["p50"], r["latency_us"]["p99"])')
             out="$c1 $rate"
+            ;;
+        hops)
+            local bp
+            "$PILLION" bench --no-progress -c 1 -d 3s "$url" >/dev/null 2>&1 &
+            bp=$!
+            sleep 1
+            trace_window "$d/trace.txt" "$pid" $(pgrep -P "$pid" 2>/dev/null || true)
+            wait "$bp"
+            out=$(python3 "$UTIL" hops "$d/trace.txt")
             ;;
         *)
             p0=$(cpu_ticks "$pid")

@@ -36,6 +36,9 @@ ROWS = [
     ("noise_pct", "other work on the machine during the runs (% of a core, max)", "lo", False, 1),
 ]
 
+# "added over direct": the median over rounds of (target - direct in the same round). The latency
+# rounds measure every target seconds apart, so the difference within a round cancels the drift
+# of the machine between rounds.
 DERIVED = {
     "add_rate_p50": "rate_p50",
     "add_rate_p99": "rate_p99",
@@ -57,12 +60,15 @@ def main():
     targets = meta["targets"]
     status = meta["status"]
     values = {}  # (target, metric) -> [values by round]
+    by_round = {}  # (target, metric) -> {round: value}
     for line in open(raw_path):
         line = line.strip()
         if not line:
             continue
         r = json.loads(line)
         values.setdefault((r["target"], r["metric"]), []).append(r["value"])
+        if r["value"] is not None:
+            by_round.setdefault((r["target"], r["metric"]), {})[r["round"]] = r["value"]
 
     med = {}
     for t in targets:
@@ -77,10 +83,11 @@ def main():
             else:
                 med[(t, key)] = statistics.median(vs) if vs else None
     for key, base in DERIVED.items():
-        d = med.get(("direct", base))
+        direct = by_round.get(("direct", base), {})
         for t in targets:
-            v = med.get((t, base))
-            med[(t, key)] = None if (t == "direct" or v is None or d is None) else v - d
+            mine = by_round.get((t, base), {})
+            diffs = [v - direct[n] for n, v in mine.items() if n in direct]
+            med[(t, key)] = statistics.median(diffs) if diffs and t != "direct" else None
 
     params = meta["params"]
     head = ["metric"] + [NAMES[t] for t in targets] + [f"Pillion / {NAMES[p]}" for p in PEERS if p in targets]
@@ -130,7 +137,10 @@ def main():
         notes.append(f"- {NAMES.get(t, t)}: {why}")
     print(table)
     print()
-    print(f"Medians of {params['rounds']} round(s). ↑ higher is better, ↓ lower is better. "
+    lat_rounds = params.get("latency_rounds")
+    lat_note = (f"; latency rows: medians of {lat_rounds} interleaved round(s), latency added = median over"
+                " those rounds of (target - direct in the same round)") if lat_rounds else ""
+    print(f"Medians of {params['rounds']} round(s){lat_note}. ↑ higher is better, ↓ lower is better. "
           "(Nx) = this proxy / direct. Pillion / peer = Pillion's value divided by the peer's.")
     noisy = [NAMES[t] for t in targets if (med.get((t, "noise_pct")) or 0) > 5]
     if noisy:
