@@ -973,6 +973,36 @@ async fn header_timeout_leaves_idle_keep_alive_connections_open() {
 }
 
 #[tokio::test]
+async fn header_timeout_cuts_off_a_pipelined_head_left_half_sent() {
+    let (_echo, _proxy, slow_head, _) = timeouts_proxy().await;
+    let mut tcp = tokio::net::TcpStream::connect(slow_head)
+        .await
+        .expect("connect");
+    // A whole request and, in the same write, half of the next one; then nothing.
+    tcp.write_all(b"GET /first HTTP/1.1\r\nHost: svc\r\n\r\nGET /second HTTP/1.1\r\nHost: s")
+        .await
+        .expect("write");
+    let got = within_for(
+        Duration::from_secs(5),
+        "the proxy closing a connection stuck in a pipelined head",
+        read_until_closed(&mut tcp),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    let first = text
+        .find("HTTP/1.1 200")
+        .expect("the first request is answered");
+    let cut = text
+        .find("HTTP/1.1 408")
+        .expect("a 408 for the stalled head");
+    assert!(first < cut, "{text:?}");
+    assert!(
+        text.contains("/first") && !text.contains("/second"),
+        "{text:?}"
+    );
+}
+
+#[tokio::test]
 async fn header_timeout_does_not_cut_a_slow_request_body() {
     let (_echo, _proxy, slow_head, _) = timeouts_proxy().await;
     // A 30-byte body in two parts, with a whole head timeout between them.

@@ -142,6 +142,11 @@ where
         let Some(rsp) = rsp else { return Ok(()) };
         let close = close || s.closing.load(Ordering::Relaxed);
         conn.respond(rsp, is_head, close).await?;
+        if !conn.buf.is_empty() {
+            // Part of a pipelined request came while this one was served: its head timeout
+            // runs from now.
+            s.activity.head_pending();
+        }
         if conn.out.capacity() > OUT_KEEP {
             conn.out = Vec::new();
         }

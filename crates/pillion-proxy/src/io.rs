@@ -122,6 +122,14 @@ impl Activity {
         self.phase.load(Ordering::Relaxed) == HEAD
     }
 
+    /// A response ended with bytes of the next request already read (pipelined): its head is
+    /// being read from now on, as if those bytes had just come.
+    pub fn head_pending(&self) {
+        let _ = self
+            .phase
+            .compare_exchange(WAITING, HEAD, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
     /// The head timeout fired: the stream's next read answers 408 and then reports its end.
     pub fn cut(&self) {
         self.phase.store(CUT, Ordering::Relaxed);
@@ -130,8 +138,9 @@ impl Activity {
     fn read(&self, n: usize) {
         self.touched.store(true, Ordering::Relaxed);
         // NOTE: bytes after the response, or before the first request, start a head. Bytes of a
-        // pipelined head read while the request before it is busy start no timer; the idle timeout
-        // still bounds a client that stops there.
+        // pipelined head read while the request before it is busy start no timer here: the own
+        // HTTP/1 server calls `head_pending` when that response ends. Behind hyper's server (a
+        // connection handed over), the idle timeout bounds a client that stops there.
         if n > 0 && self.phase.load(Ordering::Relaxed) == WAITING {
             self.phase.store(HEAD, Ordering::Relaxed);
         }
@@ -459,6 +468,19 @@ mod tests {
         b.write_all(b"G").await.unwrap();
         let _ = io.read(&mut buf).await.unwrap();
         assert!(activity.reading_head(), "the next head");
+    }
+
+    #[test]
+    fn a_pipelined_head_is_pending_only_once_its_request_before_ends() {
+        let activity = Activity::new();
+        let guard = activity.request_started();
+        activity.head_pending();
+        assert!(!activity.reading_head(), "the request before is still busy");
+        drop(guard);
+        activity.head_pending();
+        assert!(activity.reading_head(), "the buffered head is being read");
+        let _next = activity.request_started();
+        assert!(!activity.reading_head());
     }
 
     #[tokio::test]
