@@ -129,71 +129,22 @@ ECHO_PID=$!
 PIDS+=("$ECHO_PID")
 python3 "$UTIL" wait-listen "$ECHO_PORT" 15 || { echo "error: the echo app did not start" >&2; exit 1; }
 
+# shellcheck source=benches/scripts/proxies.sh
+source "$ROOT/benches/scripts/proxies.sh"
 start() { # TARGET DIR PORT ADMIN_PORT -> prints the PID
-    local t=$1 d=$2 port=$3 admin=$4
+    local t=$1 d=$2
+    HTTP_PORT=$3 ADMIN_PORT=$4
     case $t in
         haproxy)
-            cat >"$d/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 8000
-defaults
-    mode http
-    maxconn 8000
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-    http-reuse always
-frontend in
-    bind 127.0.0.1:$port
-    default_backend app
-backend app
-    server echo 127.0.0.1:$ECHO_PORT
-EOF
+            write_haproxy "$d"
             taskset -c 0 haproxy -f "$d/haproxy.cfg" -db >"$d/proxy.log" 2>&1 &
             ;;
         nginx)
-            mkdir -p "$d/tmp"
-            cat >"$d/nginx.conf" <<EOF
-worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon off;
-master_process on;
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path $d/tmp/body;
-    proxy_temp_path $d/tmp/proxy;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    upstream app { server 127.0.0.1:$ECHO_PORT; keepalive 128; keepalive_requests 100000000; }
-    server {
-        listen 127.0.0.1:$port;
-        location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
-    }
-}
-EOF
+            write_nginx "$d"
             taskset -c 0 nginx -c "$d/nginx.conf" >"$d/proxy.log" 2>&1 &
             ;;
         *)
-            local forwarded="    forwarded_headers: false"
-            [[ ${FORWARDED:-0} == 1 ]] && forwarded=""
-            cat >"$d/pillion.yaml" <<EOF
-admin: { address: 127.0.0.1:$admin, health_address: null }
-listeners:
-  - name: in
-    address: 127.0.0.1:$port
-    protocol: http
-    request_id: false
-    trace_context: false
-$forwarded
-    cluster: app
-clusters:
-  - name: app
-    endpoints: [127.0.0.1:$ECHO_PORT]
-EOF
+            write_pillion "$d"
             taskset -c 0 "$t" run --workers 1 --config "$d/pillion.yaml" >"$d/proxy.log" 2>&1 &
             ;;
     esac
