@@ -13,11 +13,13 @@
                                             HTTP/1.1 request on each and reads the response, writes
                                             "ok=K failed=F" to READYFILE, then holds them until killed
   benchutil.py proc PID...                  prints "cpu_ticks rss_kb" summed over the PIDs (utime+stime)
-  benchutil.py hops TRACE                   from a tracefs text trace of one proxy's threads (epoll_wait
-                                            enter/exit and sched_waking events), the proxy's time per hop:
-                                            from epoll_wait returning to the first wake-up it causes (the
-                                            forwarded bytes waking the peer); prints
-                                            "hop_p50_us=X hop_mean_us=Y hops=N"
+  benchutil.py hops TRACE TID...            from a tracefs text trace (epoll_wait enter/exit and
+                                            sched_waking events) of a proxy's threads TID... and its peers:
+                                            the proxy's time per hop, from epoll_wait returning to the first
+                                            wake-up it causes (the forwarded bytes waking the peer), and the
+                                            wake-ups of the proxy, from a peer's sched_waking to its
+                                            epoll_wait returning; prints
+                                            "hop_p50_us=X hop_mean_us=Y wake_mean_us=Z hops=N"
 """
 
 import json
@@ -214,24 +216,42 @@ def proc(pids):
 TRACE_LINE = re.compile(r"^\s*(.*)-(\d+)\s+\[\d+\]\s+\S+\s+([\d.]+):\s+(\w+):\s+(.*)$")
 
 
-def hops(path):
-    # Per thread: the time its epoll_wait returned, until the thread either wakes another task
-    # (a hop: the bytes it forwarded woke the peer) or waits again without having woken anyone.
+WAKEE = re.compile(r"\bpid=(\d+)")
+
+
+def hops(path, proxy_tids):
+    # A hop, per proxy thread: from its epoll_wait returning until it wakes another task (the
+    # bytes it forwarded woke the peer), unless it waits again without having woken anyone.
+    # A wake-up: from the peer's sched_waking of a proxy thread until that thread's epoll_wait
+    # returns (the vCPU woken, the thread scheduled).
+    proxy = set(proxy_tids)
     woke_at = {}
+    waking = {}
     spans = []
+    wakes = []
     with open(path) as f:
         for line in f:
             m = TRACE_LINE.match(line)
             if not m:
                 continue
-            _, tid, ts, event, _ = m.groups()
+            _, tid, ts, event, rest = m.groups()
             t = float(ts) * 1e6
-            if event == "sys_exit":
+            if event == "sched_waking":
+                if tid in proxy:
+                    start = woke_at.pop(tid, None)
+                    if start is not None:
+                        spans.append(t - start)
+                else:
+                    w = WAKEE.search(rest)
+                    if w and w.group(1) in proxy:
+                        waking[w.group(1)] = t
+            elif tid not in proxy:
+                continue
+            elif event == "sys_exit":
                 woke_at[tid] = t
-            elif event == "sched_waking":
-                start = woke_at.pop(tid, None)
+                start = waking.pop(tid, None)
                 if start is not None:
-                    spans.append(t - start)
+                    wakes.append(t - start)
             elif event == "sys_enter":
                 woke_at.pop(tid, None)
     if not spans:
@@ -239,7 +259,8 @@ def hops(path):
         return 1
     spans.sort()
     mean = sum(spans) / len(spans)
-    print(f"hop_p50_us={spans[len(spans) // 2]:.1f} hop_mean_us={mean:.2f} hops={len(spans)}")
+    wake = f" wake_mean_us={sum(wakes) / len(wakes):.2f}" if wakes else ""
+    print(f"hop_p50_us={spans[len(spans) // 2]:.1f} hop_mean_us={mean:.2f}{wake} hops={len(spans)}")
     return 0
 
 
@@ -260,7 +281,7 @@ def main(argv):
     elif cmd == "proc":
         proc(args)
     elif cmd == "hops":
-        return hops(args[0])
+        return hops(args[0], args[1:])
     else:
         print(__doc__, file=sys.stderr)
         return 2

@@ -15,8 +15,9 @@
 #            (p50 and p99)
 #   hops     pillion bench -c 1 -d 3s, traced for half a second with tracefs (needs root): the
 #            proxy's own time per hop, from its epoll_wait returning to the wake-up its forwarded
-#            bytes cause on the other side. The latency a proxy adds is two hops plus four
-#            cross-CPU wake-ups; the wake-ups are the machine's, the hops are the proxy's.
+#            bytes cause on the other side, and the wake-up of the proxy, from the peer's
+#            sched_waking to the proxy's epoll_wait returning. The latency a proxy adds is two
+#            hops plus four cross-CPU wake-ups; the wake-ups are the machine's, the hops the proxy's.
 # Prints every round, then the medians per target.
 #
 # Pillion runs with request ids, trace context and forwarding headers off, as in compare.sh;
@@ -33,7 +34,7 @@ while (($#)); do
     case $1 in
         --rounds) ROUNDS=${2:?--rounds N}; shift 2 ;;
         --load) LOAD=${2:?--load wrk|bench|latency|hops}; shift 2 ;;
-        -h | --help) sed -n '2,23p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h | --help) sed -n '2,24p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) TARGETS+=("$1"); shift ;;
     esac
 done
@@ -104,10 +105,14 @@ reset_tracing() {
     : >"$TRACEFS/trace" || true
     [[ -z $TRACE_ON ]] || echo "$TRACE_ON" >"$TRACEFS/tracing_on" || true
 }
+tids() { # PID... -> the thread ids of the PIDs, one per line
+    local p
+    for p in "$@"; do ls "/proc/$p/task" 2>/dev/null || true; done
+}
 trace_window() { # OUT PID... : half a second of the PIDs' threads' events into OUT
-    local out=$1 p e
+    local out=$1 e
     shift
-    for p in "$@"; do ls "/proc/$p/task"; done | tr '\n' ' ' >"$TRACEFS/set_event_pid"
+    tids "$@" | tr '\n' ' ' >"$TRACEFS/set_event_pid"
     : >"$TRACEFS/trace"
     for e in raw_syscalls:sys_enter raw_syscalls:sys_exit sched:sched_waking; do echo "$e" >>"$TRACEFS/set_event"; done
     echo 1 >"$TRACEFS/tracing_on"
@@ -188,9 +193,12 @@ one() { # TARGET -> one line of results
             "$PILLION" bench --no-progress -c 1 -d 3s "$url" >/dev/null 2>&1 &
             bp=$!
             sleep 1
-            trace_window "$d/trace.txt" "$pid" $(pgrep -P "$pid" 2>/dev/null || true)
+            local proxy
+            proxy=$(tids "$pid" $(pgrep -P "$pid" 2>/dev/null || true))
+            # The proxy's threads, and its peers' for the wake-ups they cause.
+            trace_window "$d/trace.txt" "$pid" $(pgrep -P "$pid" 2>/dev/null || true) "$bp" "$ECHO_PID"
             wait "$bp"
-            out=$(python3 "$UTIL" hops "$d/trace.txt")
+            out=$(python3 "$UTIL" hops "$d/trace.txt" $proxy)
             ;;
         *)
             p0=$(cpu_ticks "$pid")
