@@ -219,6 +219,24 @@ wait_quiet() { # with QUIET_WAIT=N: wait up to N s for the machine to be idle (<
         sleep 4
     done
 }
+noise_start() { # PID...: starts a stretch of runs (PID...: the proxies, as for our_ticks)
+    NOISE_BUSY0=$(($(cpu_busy 0) + $(cpu_busy 1)))
+    our_ticks "$@"
+    NOISE_OURS0=$OUR_TICKS
+    NOISE_WALL0=$(date +%s.%N)
+}
+noise_end() { # PID... -> NOISE: CPU time on either core since noise_start not spent by our
+    # processes (proxies, upstreams, load generator, helpers): another job on the machine, as %
+    # of one core. Not to be called in a $(...) subshell (see our_ticks).
+    local busy=$(($(cpu_busy 0) + $(cpu_busy 1)))
+    our_ticks "$@"
+    NOISE=$(awk -v b0="$NOISE_BUSY0" -v b1="$busy" -v o0="$NOISE_OURS0" -v o1="$OUR_TICKS" \
+        -v w0="$NOISE_WALL0" -v w1="$(date +%s.%N)" -v hz="$CLK_TCK" \
+        'BEGIN{ v = ((b1-b0) - (o1-o0)) / hz / (w1-w0) * 100; if (v < 0) v = 0; printf "%.1f", v }')
+}
+measure_again() { # ATTEMPT: with QUIET_WAIT, whether a first attempt was disturbed (NOISE over 5%)
+    (($1 == 1)) && [[ ${QUIET_WAIT:-0} != 0 ]] && awk -v n="$NOISE" 'BEGIN{ exit !(n > 5) }'
+}
 bench() { # OUTFILE TIMEOUT_S ARGS... : pillion bench (pinned to CPU 1 with this shell) -> JSON
     local out=$1 limit=$2
     shift 2
@@ -306,11 +324,7 @@ run_target() { # TARGET
     local pids=()
     mapfile -t pids < <(proxy_pids)
     local is_proxy=$((${#pids[@]} > 0))
-    local busy0 ours0 wall0 busy1 ours1 wall1
-    busy0=$(($(cpu_busy 0) + $(cpu_busy 1)))
-    our_ticks "${pids[@]}"
-    ours0=$OUR_TICKS
-    wall0=$(date +%s.%N)
+    noise_start "${pids[@]}"
 
     # (f) idle RSS, after the readiness probe
     if ((is_proxy)); then
@@ -403,15 +417,9 @@ run_target() { # TARGET
         stop_pid "$idle_pid"
         forget_pid "$idle_pid"
     fi
-    # CPU time on either core not spent by our processes (proxy, upstreams, load generator,
-    # helpers): another job on the machine, as % of one core over this target's runs
+    # another job on the machine during this target's runs
     mapfile -t pids < <(proxy_pids)
-    busy1=$(($(cpu_busy 0) + $(cpu_busy 1)))
-    our_ticks "${pids[@]}"
-    ours1=$OUR_TICKS
-    wall1=$(date +%s.%N)
-    NOISE=$(awk -v b0="$busy0" -v b1="$busy1" -v o0="$ours0" -v o1="$ours1" -v w0="$wall0" -v w1="$wall1" -v hz="$CLK_TCK" \
-        'BEGIN{ v = ((b1-b0) - (o1-o0)) / hz / (w1-w0) * 100; if (v < 0) v = 0; printf "%.1f", v }')
+    noise_end "${pids[@]}"
     rec "$t" noise_pct "$NOISE"
     stop_target
 }
@@ -430,7 +438,7 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
             : >"$RAW_T"
             run_target "$t" "$d"
             RAW_T=""
-            if ((attempt == 1)) && [[ ${QUIET_WAIT:-0} != 0 ]] && awk -v n="$NOISE" 'BEGIN{ exit !(n > 5) }'; then
+            if measure_again "$attempt"; then
                 log "$t: other work used ${NOISE}% of a core during the runs; measuring $t again"
                 continue
             fi
@@ -445,7 +453,7 @@ done
 # An idle target costs next to nothing on CPU 0, and the upstream connections of each stay warm
 # between its turns.
 measure_latency() {
-    local t d f i n slice pids=() order=() lat_targets=() busy0 ours0 wall0 noise attempt
+    local t d f i n slice pids=() procs=() order=() lat_targets=() attempt
     declare -A LAT_URL=()
     for t in $TARGETS; do
         [[ ${STATUS[$t]} == ok ]] || continue
@@ -462,6 +470,8 @@ measure_latency() {
         lat_targets+=("$t")
     done
     n=${#lat_targets[@]}
+    # the proxies' processes, with their children (nginx's worker)
+    mapfile -t procs < <(for i in "${pids[@]}"; do echo "$i"; pgrep -P "$i" || true; done)
     for ((ROUND = 1; ROUND <= LAT_ROUNDS; ROUND++)); do
         order=()
         for ((i = 0; i < n; i++)); do order+=("${lat_targets[$(((i + ROUND - 1) % n))]}"); done
@@ -471,10 +481,7 @@ measure_latency() {
             slice=$WORK/latency-round$ROUND-$attempt.jsonl
             : >"$slice"
             RAW_T=$slice
-            busy0=$(($(cpu_busy 0) + $(cpu_busy 1)))
-            our_ticks $(for i in "${pids[@]}"; do echo "$i"; pgrep -P "$i" || true; done)
-            ours0=$OUR_TICKS
-            wall0=$(date +%s.%N)
+            noise_start "${procs[@]}"
             for t in "${order[@]}"; do
                 d=$WORK/latency-$t
                 # open loop at a fixed rate, 4 connections
@@ -497,15 +504,12 @@ measure_latency() {
                 fi
             done
             RAW_T=""
-            our_ticks $(for i in "${pids[@]}"; do echo "$i"; pgrep -P "$i" || true; done)
-            noise=$(awk -v b0="$busy0" -v b1="$(($(cpu_busy 0) + $(cpu_busy 1)))" -v o0="$ours0" -v o1="$OUR_TICKS" \
-                -v w0="$wall0" -v w1="$(date +%s.%N)" -v hz="$CLK_TCK" \
-                'BEGIN{ v = ((b1-b0) - (o1-o0)) / hz / (w1-w0) * 100; if (v < 0) v = 0; printf "%.1f", v }')
-            if ((attempt == 1)) && [[ ${QUIET_WAIT:-0} != 0 ]] && awk -v n="$noise" 'BEGIN{ exit !(n > 5) }'; then
-                log "other work used ${noise}% of a core during latency round $ROUND; measuring it again"
+            noise_end "${procs[@]}"
+            if measure_again "$attempt"; then
+                log "other work used ${NOISE}% of a core during latency round $ROUND; measuring it again"
                 continue
             fi
-            for t in "${order[@]}"; do rec "$t" noise_pct "$noise"; done
+            for t in "${order[@]}"; do rec "$t" noise_pct "$NOISE"; done
             cat "$slice" >>"$RAW"
             break
         done

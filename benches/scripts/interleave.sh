@@ -189,16 +189,15 @@ one() { # TARGET -> one line of results
             out="$c1 $rate"
             ;;
         hops)
-            local bp
+            local bp procs
             "$PILLION" bench --no-progress -c 1 -d 3s "$url" >/dev/null 2>&1 &
             bp=$!
             sleep 1
-            local proxy
-            proxy=$(tids "$pid" $(pgrep -P "$pid" 2>/dev/null || true))
+            procs="$pid $(pgrep -P "$pid" 2>/dev/null || true)"
             # The proxy's threads, and its peers' for the wake-ups they cause.
-            trace_window "$d/trace.txt" "$pid" $(pgrep -P "$pid" 2>/dev/null || true) "$bp" "$ECHO_PID"
+            trace_window "$d/trace.txt" $procs "$bp" "$ECHO_PID"
             wait "$bp"
-            out=$(python3 "$UTIL" hops "$d/trace.txt" $proxy)
+            out=$(python3 "$UTIL" hops "$d/trace.txt" $(tids $procs))
             ;;
         *)
             p0=$(cpu_ticks "$pid")

@@ -926,12 +926,16 @@ clusters:
 /// Half a request head on a new connection to `listen`, then nothing: what the proxy sends before
 /// it closes the connection (within 5s). It returns after the head timeout has run once.
 async fn stalled_head(listen: SocketAddr) -> String {
+    stalled_after(listen, b"GET /slow HTTP/1.1\r\nHost: svc\r\nX-Partial: ").await
+}
+
+/// `sent` on a new connection to `listen`, then nothing: what the proxy sends before it closes
+/// the connection (within 5s).
+async fn stalled_after(listen: SocketAddr, sent: &[u8]) -> String {
     let mut tcp = tokio::net::TcpStream::connect(listen)
         .await
         .expect("connect");
-    tcp.write_all(b"GET /slow HTTP/1.1\r\nHost: svc\r\nX-Partial: ")
-        .await
-        .expect("write");
+    tcp.write_all(sent).await.expect("write");
     let got = within_for(
         Duration::from_secs(5),
         "the proxy closing a connection stuck in its request head",
@@ -975,20 +979,12 @@ async fn header_timeout_leaves_idle_keep_alive_connections_open() {
 #[tokio::test]
 async fn header_timeout_cuts_off_a_pipelined_head_left_half_sent() {
     let (_echo, _proxy, slow_head, _) = timeouts_proxy().await;
-    let mut tcp = tokio::net::TcpStream::connect(slow_head)
-        .await
-        .expect("connect");
     // A whole request and, in the same write, half of the next one; then nothing.
-    tcp.write_all(b"GET /first HTTP/1.1\r\nHost: svc\r\n\r\nGET /second HTTP/1.1\r\nHost: s")
-        .await
-        .expect("write");
-    let got = within_for(
-        Duration::from_secs(5),
-        "the proxy closing a connection stuck in a pipelined head",
-        read_until_closed(&mut tcp),
+    let text = stalled_after(
+        slow_head,
+        b"GET /first HTTP/1.1\r\nHost: svc\r\n\r\nGET /second HTTP/1.1\r\nHost: s",
     )
     .await;
-    let text = String::from_utf8_lossy(&got);
     let first = text
         .find("HTTP/1.1 200")
         .expect("the first request is answered");
