@@ -245,7 +245,7 @@ bench() { # OUTFILE TIMEOUT_S ARGS... : pillion bench (pinned to CPU 1 with this
 jget() { # FILE EXPR : Python expression over the report r
     python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2" 2>/dev/null
 }
-errcount() { jget "$1" 'r["errors"]["connect"]+r["errors"]["timeout"]+r["errors"]["other"]+r["status"]["3xx"]+r["status"]["4xx"]+r["status"]["5xx"]'; }
+errcount() { jget "$1" 'r["errors"]["connect"]+r["errors"]["timeout"]+r["errors"]["other"]+r.get("missed",0)+r["status"]["3xx"]+r["status"]["4xx"]+r["status"]["5xx"]'; }
 wait_http() { # URL SECS [curl options]: until a 2xx answer
     local url=$1 deadline=$((SECONDS + $2))
     shift 2

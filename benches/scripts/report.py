@@ -32,7 +32,7 @@ ROWS = [
     ("rss_idle_mb", "RSS idle (MB)", "lo", False, 1),
     ("rss_load_mb", "RSS under load, peak during HTTP/1.1 run (MB)", "lo", False, 1),
     ("rss_1k_mb", "RSS with 1,000 idle keep-alive conns (MB)", "lo", False, 1),
-    ("errors", "errors + non-2xx, all runs (count)", "lo", False, 0),
+    ("errors", "errors + non-2xx + missed, all runs (count)", "lo", False, 0),
     ("noise_pct", "other work on the machine during the runs (% of a core, max)", "lo", False, 1),
 ]
 

@@ -83,3 +83,48 @@ async fn bench_reports_connect_errors_clearly() {
     assert!(stderr.starts_with("error: "), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[tokio::test]
+async fn an_open_loop_the_target_cannot_keep_up_with_ends_on_time_and_counts_the_shortfall() {
+    // One HTTP/1.1 connection at 2,000 req/s for 1 s, to an upstream that takes 50 ms a request:
+    // about 20 can be answered. The rest are counted as missed rather than sent after the window
+    // (which would stretch a 1 s run to 100 s, past `run_bench`'s limit), and the reported rate
+    // is what was answered, not the rate asked for.
+    let echo = Echo::start().await;
+    let url = format!("http://{}/slow?delay=50ms", echo.addr());
+    let report = run_bench(&[
+        "bench", "--json", "-c", "1", "--rate", "2000", "-d", "1s", &url,
+    ]);
+    let requests = n(&report, &["requests"]);
+    let missed = n(&report, &["missed"]);
+    assert!((5.0..=21.0).contains(&requests), "{report}");
+    assert!(n(&report, &["rps"]) <= 21.0, "{report}");
+    // Every request due in the window was either sent (and answered or failed) or missed.
+    let failed: f64 = ["connect", "timeout", "other"]
+        .iter()
+        .map(|kind| n(&report, &["errors", kind]))
+        .sum();
+    assert_eq!(requests + failed + missed, 2000.0, "{report}");
+
+    // The table says so too.
+    let out = pillion(
+        &[
+            "bench",
+            "--no-progress",
+            "-c",
+            "1",
+            "--rate",
+            "2000",
+            "-d",
+            "1s",
+            &url,
+        ],
+        Duration::from_secs(30),
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table.contains("requests fell due but were never sent: the target fell behind 2000 req/s"),
+        "{table}"
+    );
+}

@@ -21,6 +21,10 @@ pub struct Report {
     pub latency_us: Latency,
     /// Requests that got no response.
     pub errors: Errors,
+    /// Open loop with `--duration`: requests that fell due in the measured window but were never
+    /// sent, because their connection was still waiting on earlier responses when it ended.
+    /// Anything above 0 means the target did not keep up with the rate.
+    pub missed: u64,
     /// Responses by status class.
     pub status: StatusClasses,
     pub connections: usize,
@@ -91,6 +95,7 @@ pub(crate) struct Stats {
     responses: u64,
     bytes: u64,
     errors: Errors,
+    missed: u64,
     status: StatusClasses,
 }
 
@@ -107,6 +112,7 @@ impl Stats {
             responses: 0,
             bytes: 0,
             errors: Errors::default(),
+            missed: 0,
             status: StatusClasses::default(),
         }
     }
@@ -136,6 +142,11 @@ impl Stats {
         }
     }
 
+    /// Counts open-loop requests that fell due in the window and were never sent.
+    pub(crate) fn record_missed(&mut self, n: u64) {
+        self.missed = self.missed.saturating_add(n);
+    }
+
     pub(crate) fn merge(&mut self, other: &Stats) -> anyhow::Result<()> {
         self.latency
             .add(&other.latency)
@@ -145,6 +156,7 @@ impl Stats {
         self.errors.connect += other.errors.connect;
         self.errors.timeout += other.errors.timeout;
         self.errors.other += other.errors.other;
+        self.missed = self.missed.saturating_add(other.missed);
         self.status.s2xx += other.status.s2xx;
         self.status.s3xx += other.status.s3xx;
         self.status.s4xx += other.status.s4xx;
@@ -183,6 +195,7 @@ impl Stats {
             bytes: self.bytes,
             latency_us: latency,
             errors: self.errors,
+            missed: self.missed,
             status: self.status,
             connections,
             mode: if rate.is_some() {
@@ -254,7 +267,15 @@ impl fmt::Display for Report {
             f,
             "Errors:     connect {}  timeout {}  other {}",
             e.connect, e.timeout, e.other
-        )
+        )?;
+        match self.rate {
+            Some(rate) if self.missed > 0 => write!(
+                f,
+                "\nMissed:     {} requests fell due but were never sent: the target fell behind {rate} req/s",
+                self.missed
+            ),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -400,6 +421,33 @@ mod tests {
     }
 
     #[test]
+    fn missed_requests_are_merged_and_shown() {
+        let mut a = Stats::new();
+        let mut b = Stats::new();
+        a.record_response(200, 0, us(10));
+        a.record_missed(30);
+        b.record_missed(12);
+        a.merge(&b).unwrap();
+        let open = a.report(Duration::from_secs(1), 2, Some(100.0));
+        assert_eq!(open.missed, 42);
+        // Not sent is not failed: the server never saw them.
+        assert_eq!(open.error_count(), 0);
+        let table = open.to_string();
+        assert!(
+            table.contains("Missed:     42 requests fell due but were never sent"),
+            "{table}"
+        );
+        assert!(table.contains("fell behind 100 req/s"), "{table}");
+        // A run that kept up says nothing of it.
+        let mut kept_up = Stats::new();
+        kept_up.record_response(200, 0, us(10));
+        let table = kept_up
+            .report(Duration::from_secs(1), 1, Some(100.0))
+            .to_string();
+        assert!(!table.contains("Missed"), "{table}");
+    }
+
+    #[test]
     fn an_empty_run() {
         let r = Stats::new().report(Duration::ZERO, 1, None);
         assert_eq!(r.requests, 0);
@@ -426,6 +474,7 @@ mod tests {
                 "duration_secs",
                 "errors",
                 "latency_us",
+                "missed",
                 "mode",
                 "rate",
                 "requests",

@@ -166,6 +166,17 @@ pub(crate) async fn drive<C: Connector>(
                 Some(s) => (s.due(), s.due().min(now)),
                 None => (now, now),
             };
+            if let (Some(s), Some(deadline)) = (&schedule, plan.deadline) {
+                if now >= deadline {
+                    // The window is over. Whatever fell due in it and is still unsent (the
+                    // connection was busy: the target fell behind the rate) is not sent now,
+                    // which would stretch the run without end, but counted, so the shortfall
+                    // shows.
+                    stats.record_missed(s.unsent_between(plan.measure_start, deadline));
+                    sending = false;
+                    break;
+                }
+            }
             let measured = match plan.admit(due) {
                 Admit::Stop => {
                     sending = false;

@@ -176,6 +176,39 @@ async fn open_loop_measures_a_stall_from_when_requests_were_due() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn open_loop_ends_at_the_deadline_and_counts_what_it_never_sent() {
+    // 100 req/s for 1 s on one HTTP/1.1 connection, against a server that takes 50 ms a
+    // request: it can answer 20. The 80 due after those are not sent after the window (which
+    // would take 4 s more), they are counted as missed, and the rate reported is the real one.
+    let mut config = config();
+    config.rate = Some(100.0);
+    let started = Instant::now();
+    let (report, scripted) =
+        run_scripted(Scripted::fixed(Duration::from_millis(50)), &config).await;
+    let took = started.elapsed();
+    assert!(took <= Duration::from_millis(1_010), "{took:?}");
+    assert_eq!(scripted.sent.load(Ordering::Relaxed), 20);
+    assert_eq!(report.requests, 20, "{report:?}");
+    assert_eq!(report.missed, 80, "{report:?}");
+    assert_eq!(report.rps, 20.0);
+    assert_eq!(report.error_count(), 0);
+    // The backlog still shows in the latency of what was sent: the last, due at 190 ms, went out
+    // at 950 ms.
+    assert!(report.latency_us.max >= 800_000, "{report:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn open_loop_that_keeps_up_misses_nothing() {
+    let mut config = config();
+    config.connections = 2;
+    config.rate = Some(500.0);
+    config.warmup = Duration::from_millis(200);
+    let (report, _) = run_scripted(Scripted::fixed(Duration::from_millis(1)), &config).await;
+    assert_eq!(report.requests, 500, "{report:?}");
+    assert_eq!(report.missed, 0, "{report:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn open_loop_with_a_request_count() {
     let mut config = config();
     config.connections = 3;
