@@ -9,7 +9,9 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 
-use crate::config::{parse_duration, parse_header, parse_rate, LoadConfig, Protocol, Stop, Target};
+use crate::config::{
+    check_body_size, parse_duration, parse_header, parse_rate, LoadConfig, Protocol, Stop, Target,
+};
 
 /// Arguments of `pillion bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -88,6 +90,7 @@ impl BenchArgs {
         for (name, value) in &self.headers {
             headers.append(name.clone(), value.clone());
         }
+        check_body_size(self.body_size)?;
         let stop = match (self.duration, self.requests) {
             (_, Some(n)) => Stop::Requests(n),
             (Some(d), None) => Stop::Duration(d),
@@ -129,8 +132,13 @@ impl BenchArgs {
             Some(rate) => format!("open loop at {rate} req/s"),
             None => "closed loop".to_owned(),
         };
+        let warmup = if config.warmup.is_zero() {
+            String::new()
+        } else {
+            format!(", after {}s of warm-up", config.warmup.as_secs_f64())
+        };
         format!(
-            "Running {what} @ {}: {} connections ({protocol}), {pace}",
+            "Running {what} @ {}: {} connections ({protocol}), {pace}{warmup}",
             config.target, config.connections
         )
     }
@@ -262,7 +270,9 @@ mod tests {
         assert!(!config.progress);
         assert!(args.json);
         assert_eq!(args.threads, 2);
-        assert!(args.banner(&config).contains("open loop at 500 req/s"));
+        let banner = args.banner(&config);
+        assert!(banner.contains("open loop at 500 req/s"), "{banner}");
+        assert!(banner.ends_with(", after 1s of warm-up"), "{banner}");
     }
 
     #[test]
@@ -285,6 +295,14 @@ mod tests {
         assert!(format!("{:#}", bad_config(&["https://h/"])).contains("https"));
         assert!(format!("{:#}", bad_config(&["-m", "GE T", "http://h/"])).contains("method"));
         assert!(format!("{:#}", bad_config(&["-c", "0", "http://h/"])).contains("connections"));
+        // Rejected before a byte of it is allocated: this size would abort the process.
+        let huge = bad_config(&["--body-size", "99999999999999", "http://h/"]);
+        assert!(
+            format!("{huge:#}").contains("--body-size must be at most"),
+            "{huge:#}"
+        );
+        assert!(check_body_size(crate::config::MAX_BODY_SIZE).is_ok());
+        assert!(check_body_size(crate::config::MAX_BODY_SIZE + 1).is_err());
     }
 
     #[test]

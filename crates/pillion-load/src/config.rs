@@ -96,6 +96,7 @@ impl LoadConfig {
 
     /// Rejects settings that cannot produce a load.
     pub fn validate(&self) -> anyhow::Result<()> {
+        check_body_size(self.body.len())?;
         if self.connections == 0 {
             bail!("--connections must be at least 1");
         }
@@ -118,6 +119,18 @@ impl LoadConfig {
         }
         Ok(())
     }
+}
+
+/// The largest request body `--body-size` takes: the body is held in memory once, shared by
+/// every request.
+pub const MAX_BODY_SIZE: usize = 1 << 30;
+
+/// Rejects a `--body-size` above [`MAX_BODY_SIZE`], before anything is allocated for it.
+pub fn check_body_size(bytes: usize) -> anyhow::Result<()> {
+    if bytes > MAX_BODY_SIZE {
+        bail!("--body-size must be at most {MAX_BODY_SIZE} bytes (1 GiB), got {bytes}");
+    }
+    Ok(())
 }
 
 // === impl Target ===
