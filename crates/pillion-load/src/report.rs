@@ -21,6 +21,9 @@ pub struct Report {
     pub latency_us: Latency,
     /// Requests that got no response.
     pub errors: Errors,
+    /// What went wrong, message by message, most frequent first: up to
+    /// [`MAX_ERROR_MESSAGES`] distinct messages (any further ones are counted in `errors` only).
+    pub error_messages: Vec<ErrorMessage>,
     /// Open loop with `--duration`: requests that fell due in the measured window but were never
     /// sent, because their connection was still waiting on earlier responses when it ended.
     /// Anything above 0 means the target did not keep up with the rate.
@@ -55,6 +58,18 @@ pub struct Errors {
     pub other: u64,
 }
 
+/// How many distinct error messages a report keeps.
+pub const MAX_ERROR_MESSAGES: usize = 8;
+
+/// One error message and how many requests failed with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMessage {
+    /// `connect`, `timeout` or `other`, as in [`Errors`].
+    pub kind: String,
+    pub message: String,
+    pub count: u64,
+}
+
 /// Responses by status class.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusClasses {
@@ -86,6 +101,13 @@ pub(crate) enum ErrorKind {
     Other,
 }
 
+/// A request that got no response: the kind, and what went wrong where there is more to say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub(crate) kind: ErrorKind,
+    pub(crate) message: Option<String>,
+}
+
 /// What one connection task measured; merged into a [`Report`] at the end.
 ///
 /// NOTE: each task owns one, so recording takes no lock.
@@ -95,8 +117,54 @@ pub(crate) struct Stats {
     responses: u64,
     bytes: u64,
     errors: Errors,
+    /// Distinct messages with their counts, at most [`MAX_ERROR_MESSAGES`].
+    messages: Vec<ErrorMessage>,
     missed: u64,
     status: StatusClasses,
+}
+
+// === impl ErrorKind ===
+
+impl ErrorKind {
+    fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Other => "other",
+        }
+    }
+}
+
+// === impl Failure ===
+
+impl Failure {
+    /// A failure with the message of `error` and each of its sources, joined by `: `.
+    pub(crate) fn with_error(kind: ErrorKind, error: &(dyn std::error::Error + 'static)) -> Self {
+        let mut message = error.to_string();
+        let mut source = error.source();
+        while let Some(e) = source {
+            let next = e.to_string();
+            // Some errors repeat their source's message in their own; say it once.
+            if !message.ends_with(&next) {
+                message.push_str(": ");
+                message.push_str(&next);
+            }
+            source = e.source();
+        }
+        Self {
+            kind,
+            message: Some(message),
+        }
+    }
+}
+
+impl From<ErrorKind> for Failure {
+    fn from(kind: ErrorKind) -> Self {
+        Self {
+            kind,
+            message: None,
+        }
+    }
 }
 
 // === impl Stats ===
@@ -112,6 +180,7 @@ impl Stats {
             responses: 0,
             bytes: 0,
             errors: Errors::default(),
+            messages: Vec::new(),
             missed: 0,
             status: StatusClasses::default(),
         }
@@ -142,6 +211,30 @@ impl Stats {
         }
     }
 
+    /// Counts a failed request, and its message among the first few distinct ones.
+    pub(crate) fn record_failure(&mut self, failure: Failure) {
+        self.record_error(failure.kind);
+        if let Some(message) = failure.message {
+            self.count_message(failure.kind.name(), message, 1);
+        }
+    }
+
+    fn count_message(&mut self, kind: &str, message: String, count: u64) {
+        if let Some(m) = self
+            .messages
+            .iter_mut()
+            .find(|m| m.kind == kind && m.message == message)
+        {
+            m.count += count;
+        } else if self.messages.len() < MAX_ERROR_MESSAGES {
+            self.messages.push(ErrorMessage {
+                kind: kind.to_owned(),
+                message,
+                count,
+            });
+        }
+    }
+
     /// Counts open-loop requests that fell due in the window and were never sent.
     pub(crate) fn record_missed(&mut self, n: u64) {
         self.missed = self.missed.saturating_add(n);
@@ -157,6 +250,9 @@ impl Stats {
         self.errors.timeout += other.errors.timeout;
         self.errors.other += other.errors.other;
         self.missed = self.missed.saturating_add(other.missed);
+        for m in &other.messages {
+            self.count_message(&m.kind, m.message.clone(), m.count);
+        }
         self.status.s2xx += other.status.s2xx;
         self.status.s3xx += other.status.s3xx;
         self.status.s4xx += other.status.s4xx;
@@ -195,6 +291,11 @@ impl Stats {
             bytes: self.bytes,
             latency_us: latency,
             errors: self.errors,
+            error_messages: {
+                let mut messages = self.messages.clone();
+                messages.sort_by_key(|m| std::cmp::Reverse(m.count));
+                messages
+            },
             missed: self.missed,
             status: self.status,
             connections,
@@ -268,6 +369,9 @@ impl fmt::Display for Report {
             "Errors:     connect {}  timeout {}  other {}",
             e.connect, e.timeout, e.other
         )?;
+        for m in &self.error_messages {
+            write!(f, "\n            {} {}: {}", m.count, m.kind, m.message)?;
+        }
         match self.rate {
             Some(rate) if self.missed > 0 => write!(
                 f,
@@ -448,6 +552,72 @@ mod tests {
     }
 
     #[test]
+    fn error_messages_are_counted_merged_and_capped() {
+        #[derive(Debug)]
+        struct Leaf;
+        impl fmt::Display for Leaf {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("frame with invalid size")
+            }
+        }
+        impl std::error::Error for Leaf {}
+        #[derive(Debug)]
+        struct Outer(Leaf);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("http2 error")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+
+        let mut a = Stats::new();
+        let h2 = Failure::with_error(ErrorKind::Other, &Outer(Leaf));
+        assert_eq!(
+            h2.message.as_deref(),
+            Some("http2 error: frame with invalid size")
+        );
+        a.record_failure(h2.clone());
+        a.record_failure(h2.clone());
+        a.record_failure(ErrorKind::Timeout.into());
+        let mut b = Stats::new();
+        b.record_failure(h2);
+        for i in 0..20 {
+            b.record_failure(Failure {
+                kind: ErrorKind::Connect,
+                message: Some(format!("refused {i}")),
+            });
+        }
+        a.merge(&b).unwrap();
+        let r = a.report(Duration::from_secs(1), 1, None);
+        // Every failure is counted by kind, whether or not its message was kept.
+        assert_eq!(
+            (r.errors.connect, r.errors.timeout, r.errors.other),
+            (20, 1, 3)
+        );
+        assert_eq!(r.error_messages.len(), MAX_ERROR_MESSAGES);
+        assert_eq!(
+            r.error_messages[0],
+            ErrorMessage {
+                kind: "other".into(),
+                message: "http2 error: frame with invalid size".into(),
+                count: 3
+            }
+        );
+        assert!(r.error_messages[1..]
+            .iter()
+            .all(|m| m.kind == "connect" && m.count == 1));
+        let table = r.to_string();
+        assert!(
+            table.contains("\n            3 other: http2 error: frame with invalid size"),
+            "{table}"
+        );
+    }
+
+    #[test]
     fn an_empty_run() {
         let r = Stats::new().report(Duration::ZERO, 1, None);
         assert_eq!(r.requests, 0);
@@ -472,6 +642,7 @@ mod tests {
                 "bytes",
                 "connections",
                 "duration_secs",
+                "error_messages",
                 "errors",
                 "latency_us",
                 "missed",

@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::config::{LoadConfig, Protocol};
-use crate::report::ErrorKind;
+use crate::report::{ErrorKind, Failure};
 
 /// A response, read to its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,7 @@ pub(crate) trait Connection: Send + 'static {
     fn ready(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send;
 
     /// Sends one request; the future completes when the whole response body has been read.
-    fn send(&mut self) -> impl Future<Output = Result<Exchange, ErrorKind>> + Send + 'static;
+    fn send(&mut self) -> impl Future<Output = Result<Exchange, Failure>> + Send + 'static;
 }
 
 /// The request every connection sends, built once.
@@ -212,24 +212,24 @@ impl Connection for HyperConnection {
         Ok(())
     }
 
-    fn send(&mut self) -> impl Future<Output = Result<Exchange, ErrorKind>> + Send + 'static {
+    fn send(&mut self) -> impl Future<Output = Result<Exchange, Failure>> + Send + 'static {
         let req = self.template.build();
         let response = match &mut self.sender {
             Sender::Http1(s) => futures_util::future::Either::Left(s.send_request(req)),
             Sender::Http2(s) => futures_util::future::Either::Right(s.send_request(req)),
         };
         async move {
-            let response = response.await.map_err(|error| {
-                tracing::trace!(%error, "request failed");
-                ErrorKind::Other
-            })?;
+            let response = response
+                .await
+                .map_err(|error| Failure::with_error(ErrorKind::Other, &error))?;
             let status = response.status().as_u16();
             let mut body = response.into_body();
             let mut body_bytes = 0;
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|error| {
-                    tracing::trace!(%error, "response body failed");
-                    ErrorKind::Other
+                    let mut failure = Failure::with_error(ErrorKind::Other, &error);
+                    failure.message = failure.message.map(|m| format!("response body: {m}"));
+                    failure
                 })?;
                 if let Some(data) = frame.data_ref() {
                     body_bytes += data.len() as u64;

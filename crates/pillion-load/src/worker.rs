@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::{sleep_until, timeout, Instant};
 
-use crate::report::{ErrorKind, Stats};
+use crate::report::{ErrorKind, Failure, Stats};
 use crate::schedule::Schedule;
 use crate::transport::{Connection, Connector, Exchange};
 
@@ -67,7 +67,7 @@ enum Admit {
 
 /// A request that has finished, one way or the other.
 struct Done {
-    result: Result<Exchange, ErrorKind>,
+    result: Result<Exchange, Failure>,
     latency: Duration,
     measured: bool,
 }
@@ -81,6 +81,14 @@ struct Backoff {
 // === impl Plan ===
 
 impl Plan {
+    /// Waits `pause`, or until the deadline if that comes first.
+    async fn pause(&self, pause: Duration) {
+        if !pause.is_zero() {
+            let until = Instant::now() + pause;
+            sleep_until(self.deadline.map_or(until, |d| d.min(until))).await;
+        }
+    }
+
     fn admit(&self, intended: Instant) -> Admit {
         if self.deadline.is_some_and(|deadline| intended >= deadline) {
             return Admit::Stop;
@@ -153,10 +161,19 @@ pub(crate) async fn drive<C: Connector>(
     let mut in_flight = FuturesUnordered::new();
     let mut backoff = Backoff::default();
     let mut sending = true;
+    // Whether the connection in use (or the one just lost) has answered anything. A target
+    // that takes connections and then fails every request on them (h2c to an HTTP/1.1-only
+    // server) is reconnected to with the backoff of a failed connect, not as fast as it fails.
+    let mut answered = true;
 
     loop {
         // Send whatever may be sent now.
         while sending && in_flight.len() < plan.per_connection {
+            if !answered && conn.as_ref().is_none_or(|c| c.is_closed()) {
+                // NOTE: once per lost connection; the next one starts unanswered again.
+                answered = true;
+                plan.pause(backoff.next()).await;
+            }
             let now = Instant::now();
             // Open loop: a request sent late (its connection was busy, or stalled) counts its
             // latency from when it was due, so the stall shows up in the latency instead of
@@ -191,23 +208,26 @@ pub(crate) async fn drive<C: Connector>(
 
             let connected = ensure_ready(&*connector, &mut conn, plan.timeout).await;
             match (connected, conn.as_mut()) {
-                (Ok(()), Some(c)) => {
-                    backoff.reset();
+                (Ok(fresh), Some(c)) => {
+                    if fresh {
+                        answered = false;
+                    }
                     in_flight.push(timed(c.send(), intended, measured, plan.timeout));
                 }
                 (result, _) => {
-                    if let Err(error) = result {
-                        tracing::debug!(error = format!("{error:#}"), "connect failed");
-                    }
+                    let message = match result {
+                        Err(error) => format!("{error:#}"),
+                        // NOTE: not reached: `ensure_ready` leaves a connection when it succeeds.
+                        Ok(_) => "no connection".to_owned(),
+                    };
                     if measured {
-                        stats.record_error(ErrorKind::Connect);
+                        stats.record_failure(Failure {
+                            kind: ErrorKind::Connect,
+                            message: Some(message),
+                        });
                         progress.record(false);
                     }
-                    let pause = backoff.next();
-                    if !pause.is_zero() {
-                        let until = Instant::now() + pause;
-                        sleep_until(plan.deadline.map_or(until, |d| d.min(until))).await;
-                    }
+                    plan.pause(backoff.next()).await;
                 }
             }
         }
@@ -229,14 +249,16 @@ pub(crate) async fn drive<C: Connector>(
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                 match done.result {
                     Ok(exchange) => {
+                        answered = true;
+                        backoff.reset();
                         if done.measured {
                             stats.record_response(exchange.status, exchange.body_bytes, done.latency);
                             progress.record(true);
                         }
                     }
-                    Err(kind) => {
+                    Err(failure) => {
                         if done.measured {
-                            stats.record_error(kind);
+                            stats.record_failure(failure);
                             progress.record(false);
                         }
                         // An HTTP/1.1 connection that lost a request may still deliver its
@@ -255,16 +277,17 @@ pub(crate) async fn drive<C: Connector>(
     }
 }
 
-/// Makes `conn` a connection ready for a request, reconnecting if it is closed or missing.
+/// Makes `conn` a connection ready for a request, reconnecting if it is closed or missing;
+/// says whether the connection is a new one.
 async fn ensure_ready<C: Connector>(
     connector: &C,
     conn: &mut Option<C::Conn>,
     limit: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     if let Some(c) = conn.as_mut() {
         // A peer that closes an idle or `connection: close` connection is not an error.
         if !c.is_closed() && matches!(timeout(limit, c.ready()).await, Ok(Ok(()))) {
-            return Ok(());
+            return Ok(false);
         }
         *conn = None;
     }
@@ -272,17 +295,17 @@ async fn ensure_ready<C: Connector>(
         .await
         .map_err(|_| anyhow::anyhow!("connect timed out after {limit:?}"))??;
     *conn = Some(fresh);
-    Ok(())
+    Ok(true)
 }
 
 /// Bounds one exchange by the timeout, and measures it from when it was meant to start.
 async fn timed<F>(exchange: F, intended: Instant, measured: bool, limit: Duration) -> Done
 where
-    F: Future<Output = Result<Exchange, ErrorKind>>,
+    F: Future<Output = Result<Exchange, Failure>>,
 {
     let result = timeout(limit, exchange)
         .await
-        .unwrap_or(Err(ErrorKind::Timeout));
+        .unwrap_or_else(|_| Err(ErrorKind::Timeout.into()));
     Done {
         result,
         latency: intended.elapsed(),

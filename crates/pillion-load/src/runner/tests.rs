@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::config::{Protocol, Target};
-use crate::report::ErrorKind;
+use crate::report::Failure;
 use crate::transport::{Connection, Exchange};
 
 // === scripted transport ===
@@ -98,7 +98,7 @@ impl Connection for ScriptedConn {
         Ok(())
     }
 
-    fn send(&mut self) -> impl Future<Output = Result<Exchange, ErrorKind>> + Send + 'static {
+    fn send(&mut self) -> impl Future<Output = Result<Exchange, Failure>> + Send + 'static {
         let n = self.sent.fetch_add(1, Ordering::Relaxed);
         let latency = (self.latency)(n);
         self.mine += 1;
@@ -449,6 +449,24 @@ async fn open_loop_against_a_real_server() {
     let report = run(config).await.unwrap();
     assert_eq!(report.status.s2xx, 100, "{report:?}");
     assert_eq!(report.error_count(), 0);
+}
+
+#[tokio::test]
+async fn h2c_to_an_http1_only_server_backs_off_and_says_why() {
+    // Every connection opens, and every request on it fails: without a backoff the generator
+    // reconnected tens of thousands of times a second, with errors that said nothing.
+    let addr = serve(Protocol::Http1, true).await;
+    let mut config = real(addr, Protocol::Http2);
+    config.connections = 1;
+    config.stop = Stop::Duration(Duration::from_secs(1));
+    let report = run(config).await.unwrap();
+    assert_eq!(report.requests, 0, "{report:?}");
+    let failed = report.error_count();
+    assert!((1..200).contains(&failed), "{report:?}");
+    let message = &report.error_messages[0];
+    assert_eq!(message.kind, "other", "{report:?}");
+    assert!(message.message.contains("connection"), "{report:?}");
+    assert_eq!(message.count, report.errors.other, "{report:?}");
 }
 
 #[tokio::test]
