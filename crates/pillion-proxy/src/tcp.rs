@@ -5,6 +5,7 @@ use pillion_layers::outlier::Outcome as EndpointOutcome;
 use pillion_telemetry::TcpStats;
 use std::{net::SocketAddr, time::Duration};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 /// A direction's first buffer: small, so the many quiet connections of a sidecar stay cheap.
@@ -97,9 +98,19 @@ where
     )
 }
 
+/// How long a grown buffer is kept after the last read that filled it.
+///
+/// NOTE: in a bulk transfer most reads are partial (whatever arrived since the last one), so
+/// the buffer is not shrunk on a small read but only once no read has filled it for this long.
+/// Shrinking on every small read resized the buffers of a 1 GB transfer about 130 times, and a
+/// large buffer is memory of its own (mmap): each shrink gave pages back that the next growth
+/// faulted in again, 6,400 page faults on a process's first transfer.
+const SHRINK_AFTER: Duration = Duration::from_secs(1);
+
 /// Copies `r` to `w` until EOF, then shuts `w` down. The buffer starts at [`BUF_START`] and
-/// doubles, up to [`BUF_MAX`], each time a read fills it; it halves again each time a read
-/// uses less than an eighth of it, so a bulk transfer that turns quiet gives its memory back.
+/// doubles, up to [`BUF_MAX`], each time a read fills it; it goes back to [`BUF_START`] at the
+/// first small read once no read has filled it for [`SHRINK_AFTER`], so a bulk transfer that
+/// turns quiet gives its memory back.
 async fn copy_one_way<R, W>(r: &mut R, w: &mut W) -> std::io::Result<u64>
 where
     R: AsyncRead + Unpin,
@@ -107,6 +118,7 @@ where
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; BUF_START];
+    let mut sizer = BufSizer::default();
     let mut total = 0u64;
     loop {
         let n = r.read(&mut buf).await?;
@@ -116,22 +128,51 @@ where
         }
         w.write_all(&buf[..n]).await?;
         total += n as u64;
-        let next = next_buf_len(buf.len(), n);
-        if next != buf.len() {
+        let len = buf.len();
+        let next = sizer.next_len(len, n);
+        if next > len {
+            // Exactly the size asked for: `resize` alone would round the allocation up.
+            buf.reserve_exact(next - len);
             buf.resize(next, 0);
+        } else if next < len {
+            buf.truncate(next);
             buf.shrink_to_fit();
         }
     }
 }
 
-/// The buffer size after a read of `n` bytes into a buffer of `len`.
-fn next_buf_len(len: usize, n: usize) -> usize {
-    if n == len && len < BUF_MAX {
-        len * 2
-    } else if n < len / 8 && len > BUF_START {
-        len / 2
-    } else {
-        len
+/// Decides a direction's buffer size from the reads it sees.
+#[derive(Debug, Default)]
+struct BufSizer {
+    /// When a read last filled a buffer larger than [`BUF_START`].
+    last_full: Option<Instant>,
+}
+
+// === impl BufSizer ===
+
+impl BufSizer {
+    /// The buffer size after a read of `n` bytes into a buffer of `len`.
+    fn next_len(&mut self, len: usize, n: usize) -> usize {
+        // NOTE: the clock is read only for reads into a grown buffer, and for full ones.
+        self.next_len_at(len, n, Instant::now)
+    }
+
+    fn next_len_at(&mut self, len: usize, n: usize, now: impl FnOnce() -> Instant) -> usize {
+        if n == len {
+            self.last_full = Some(now());
+            return if len < BUF_MAX { len * 2 } else { len };
+        }
+        if len == BUF_START || n >= len / 8 {
+            return len;
+        }
+        let now = now();
+        match self.last_full {
+            Some(full) if now.saturating_duration_since(full) < SHRINK_AFTER => len,
+            _ => {
+                self.last_full = None;
+                BUF_START
+            }
+        }
     }
 }
 
@@ -140,28 +181,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buffers_grow_under_bulk_reads_and_shrink_when_reads_turn_small() {
+    fn buffers_grow_under_bulk_reads_and_shrink_once_reads_stop_filling_them() {
+        let t0 = Instant::now();
+        let at = |ms| move || t0 + Duration::from_millis(ms);
+        let mut sizer = BufSizer::default();
         let mut len = BUF_START;
         while len < BUF_MAX {
-            let next = next_buf_len(len, len);
+            let next = sizer.next_len_at(len, len, at(0));
             assert_eq!(next, len * 2);
             len = next;
         }
-        assert_eq!(next_buf_len(BUF_MAX, BUF_MAX), BUF_MAX, "capped");
         assert_eq!(
-            next_buf_len(BUF_MAX, BUF_MAX / 2),
+            sizer.next_len_at(BUF_MAX, BUF_MAX, at(0)),
             BUF_MAX,
-            "half full: kept"
+            "capped"
         );
-        let mut len = BUF_MAX;
-        while len > BUF_START {
-            len = next_buf_len(len, 100);
+        // Partial and small reads, as in any bulk transfer, keep it while reads still fill it.
+        assert_eq!(sizer.next_len_at(BUF_MAX, BUF_MAX / 2, at(10)), BUF_MAX);
+        for ms in 10..999 {
+            assert_eq!(sizer.next_len_at(BUF_MAX, 100, at(ms)), BUF_MAX);
         }
+        assert_eq!(sizer.next_len_at(BUF_MAX, BUF_MAX, at(999)), BUF_MAX);
+        assert_eq!(sizer.next_len_at(BUF_MAX, 100, at(1998)), BUF_MAX);
+        // A second without a full read: the next small read takes it back to the start size,
+        // while one of an eighth or more still keeps it.
+        assert_eq!(sizer.next_len_at(BUF_MAX, BUF_MAX / 8, at(2500)), BUF_MAX);
+        assert_eq!(sizer.next_len_at(BUF_MAX, 100, at(2500)), BUF_START);
+        assert_eq!(sizer.next_len_at(BUF_START, 1, at(2600)), BUF_START);
+        // And it grows again from there.
         assert_eq!(
-            len, BUF_START,
-            "small reads bring it back to the start size"
+            sizer.next_len_at(BUF_START, BUF_START, at(2700)),
+            BUF_START * 2
         );
-        assert_eq!(next_buf_len(BUF_START, 1), BUF_START);
+        // A buffer grown and then left without a full read shrinks too.
+        let mut sizer = BufSizer::default();
+        assert_eq!(
+            sizer.next_len_at(BUF_START, BUF_START, at(0)),
+            BUF_START * 2
+        );
+        assert_eq!(sizer.next_len_at(BUF_START * 2, 1, at(1000)), BUF_START);
+    }
+
+    #[test]
+    fn the_clock_is_not_read_for_small_buffers() {
+        let mut sizer = BufSizer::default();
+        let never = || -> Instant { panic!("clock read") };
+        assert_eq!(sizer.next_len_at(BUF_START, 100, never), BUF_START);
+        assert_eq!(sizer.next_len_at(BUF_MAX, BUF_MAX / 2, never), BUF_MAX);
     }
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
