@@ -391,18 +391,15 @@ run_target() { # TARGET
     # slower than the next (Pillion 1.9 GB/s, then 3.1-3.7; Envoy 2.0, then 3.0), with the time
     # in the kernel's copies from the proxy's buffer (see RESULTS.md)
     if python3 "$UTIL" wait-tcp "$TCP_PORT" 2; then
-        f=$d/tcp-cold.json
-        if timeout --kill-after=5 120 python3 "$UTIL" tcp-send "$TCP_PORT" "$TCP_BYTES" >"$f" 2>>"$WORK/bench.err" &&
-            [[ -n $(jget "$f" 'r["mb_per_s"]') ]]; then
-            rec "$t" tcp_cold_mbps "$(jget "$f" 'round(r["mb_per_s"], 1)')"
-        fi
-        f=$d/tcp.json
-        if timeout --kill-after=5 120 python3 "$UTIL" tcp-send "$TCP_PORT" "$TCP_BYTES" >"$f" 2>>"$WORK/bench.err" &&
-            [[ -n $(jget "$f" 'r["mb_per_s"]') ]]; then
-            rec "$t" tcp_mbps "$(jget "$f" 'round(r["mb_per_s"], 1)')"
-        else
-            log "$t round $ROUND: TCP relay failed: $(cat "$f" 2>/dev/null)"
-        fi
+        for metric in tcp_cold_mbps tcp_mbps; do
+            f=$d/$metric.json
+            if timeout --kill-after=5 120 python3 "$UTIL" tcp-send "$TCP_PORT" "$TCP_BYTES" >"$f" 2>>"$WORK/bench.err" &&
+                [[ -n $(jget "$f" 'r["mb_per_s"]') ]]; then
+                rec "$t" "$metric" "$(jget "$f" 'round(r["mb_per_s"], 1)')"
+            else
+                log "$t round $ROUND: TCP relay failed ($metric): $(cat "$f" 2>/dev/null)"
+            fi
+        done
     else
         NA[$t]="${NA[$t]:-}no TCP listener; "
     fi
