@@ -92,9 +92,8 @@ async fn an_open_loop_the_target_cannot_keep_up_with_ends_on_time_and_counts_the
     // is what was answered, not the rate asked for.
     let echo = Echo::start().await;
     let url = format!("http://{}/slow?delay=50ms", echo.addr());
-    let report = run_bench(&[
-        "bench", "--json", "-c", "1", "--rate", "2000", "-d", "1s", &url,
-    ]);
+    let run = ["bench", "-c", "1", "--rate", "2000", "-d", "1s", &url];
+    let report = run_bench(&[&run[..], &["--json"]].concat());
     let requests = n(&report, &["requests"]);
     let missed = n(&report, &["missed"]);
     assert!((5.0..=21.0).contains(&requests), "{report}");
@@ -108,17 +107,7 @@ async fn an_open_loop_the_target_cannot_keep_up_with_ends_on_time_and_counts_the
 
     // The table says so too.
     let out = pillion(
-        &[
-            "bench",
-            "--no-progress",
-            "-c",
-            "1",
-            "--rate",
-            "2000",
-            "-d",
-            "1s",
-            &url,
-        ],
+        &[&run[..], &["--no-progress"]].concat(),
         Duration::from_secs(30),
     );
     let table = String::from_utf8_lossy(&out.stdout);

@@ -206,24 +206,19 @@ pub(crate) async fn drive<C: Connector>(
                 s.advance();
             }
 
-            let connected = ensure_ready(&*connector, &mut conn, plan.timeout).await;
-            match (connected, conn.as_mut()) {
-                (Ok(fresh), Some(c)) => {
+            match ensure_ready(&*connector, conn.take(), plan.timeout).await {
+                Ok((c, fresh)) => {
                     if fresh {
                         answered = false;
                     }
+                    let c = conn.insert(c);
                     in_flight.push(timed(c.send(), intended, measured, plan.timeout));
                 }
-                (result, _) => {
-                    let message = match result {
-                        Err(error) => format!("{error:#}"),
-                        // NOTE: not reached: `ensure_ready` leaves a connection when it succeeds.
-                        Ok(_) => "no connection".to_owned(),
-                    };
+                Err(error) => {
                     if measured {
                         stats.record_failure(Failure {
                             kind: ErrorKind::Connect,
-                            message: Some(message),
+                            message: Some(format!("{error:#}")),
                         });
                         progress.record(false);
                     }
@@ -277,25 +272,22 @@ pub(crate) async fn drive<C: Connector>(
     }
 }
 
-/// Makes `conn` a connection ready for a request, reconnecting if it is closed or missing;
-/// says whether the connection is a new one.
+/// A connection ready for a request: `conn` if it is still usable, else a new one (`true`).
 async fn ensure_ready<C: Connector>(
     connector: &C,
-    conn: &mut Option<C::Conn>,
+    conn: Option<C::Conn>,
     limit: Duration,
-) -> anyhow::Result<bool> {
-    if let Some(c) = conn.as_mut() {
+) -> anyhow::Result<(C::Conn, bool)> {
+    if let Some(mut c) = conn {
         // A peer that closes an idle or `connection: close` connection is not an error.
         if !c.is_closed() && matches!(timeout(limit, c.ready()).await, Ok(Ok(()))) {
-            return Ok(false);
+            return Ok((c, false));
         }
-        *conn = None;
     }
     let fresh = timeout(limit, connector.connect())
         .await
         .map_err(|_| anyhow::anyhow!("connect timed out after {limit:?}"))??;
-    *conn = Some(fresh);
-    Ok(true)
+    Ok((fresh, true))
 }
 
 /// Bounds one exchange by the timeout, and measures it from when it was meant to start.

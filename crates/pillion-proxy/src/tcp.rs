@@ -144,7 +144,7 @@ where
 /// Decides a direction's buffer size from the reads it sees.
 #[derive(Debug, Default)]
 struct BufSizer {
-    /// When a read last filled a buffer larger than [`BUF_START`].
+    /// When a read last filled the buffer.
     last_full: Option<Instant>,
 }
 
@@ -165,13 +165,15 @@ impl BufSizer {
         if len == BUF_START || n >= len / 8 {
             return len;
         }
+        // NOTE: a buffer above BUF_START was grown by a full read, so `last_full` is set.
         let now = now();
-        match self.last_full {
-            Some(full) if now.saturating_duration_since(full) < SHRINK_AFTER => len,
-            _ => {
-                self.last_full = None;
-                BUF_START
-            }
+        let recent = self
+            .last_full
+            .is_some_and(|full| now.saturating_duration_since(full) < SHRINK_AFTER);
+        if recent {
+            len
+        } else {
+            BUF_START
         }
     }
 }
