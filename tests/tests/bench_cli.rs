@@ -117,3 +117,51 @@ async fn an_open_loop_the_target_cannot_keep_up_with_ends_on_time_and_counts_the
         "{table}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_in_which_no_request_got_a_response_exits_1_with_its_report() {
+    // A target that accepts every connection and closes it at once: the load starts, and every
+    // request fails. The report is still printed (it says why), but the exit code says that the
+    // run measured nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let server = tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            drop(conn);
+        }
+    });
+    let url = format!("http://{addr}/");
+    let out = tokio::task::spawn_blocking(move || {
+        pillion(
+            &["bench", "--json", "-c", "1", "-d", "1s", &url],
+            Duration::from_secs(30),
+        )
+    })
+    .await
+    .expect("bench thread");
+    server.abort();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: no request got a response: all "),
+        "{stderr}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(n(&report, &["requests"]), 0.0, "{report}");
+    let failed: f64 = ["connect", "timeout", "other"]
+        .iter()
+        .map(|kind| n(&report, &["errors", kind]))
+        .sum();
+    assert!(failed >= 1.0, "{report}");
+    assert!(
+        stderr.contains(&format!("all {failed} requests")),
+        "{stderr}"
+    );
+}

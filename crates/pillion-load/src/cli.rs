@@ -144,10 +144,22 @@ impl BenchArgs {
     }
 }
 
-/// Runs `pillion bench`: exit code 0 with a report, 2 if the load could not start.
+/// Runs `pillion bench`: exit code 0 with a report, 1 with a report in which no request got a
+/// response (so a script cannot take a run that measured nothing for a result), 2 if the load
+/// could not start.
 pub fn main(args: BenchArgs) -> ExitCode {
     match bench(&args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(report) if report.requests == 0 => {
+            let failed = report.errors.connect + report.errors.timeout + report.errors.other;
+            let why = if failed > 0 {
+                format!("all {failed} requests sent failed (see the errors in the report)")
+            } else {
+                "none was answered in the measured window".to_owned()
+            };
+            let _ = writeln!(std::io::stderr(), "error: no request got a response: {why}");
+            ExitCode::from(1)
+        }
+        Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
             // One line: the error and its causes.
             let _ = writeln!(std::io::stderr(), "error: {error:#}");
@@ -156,7 +168,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
     }
 }
 
-fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+fn bench(args: &BenchArgs) -> anyhow::Result<crate::Report> {
     let config = args.to_config()?;
     if args.threads == 0 {
         anyhow::bail!("--threads must be at least 1");
@@ -187,7 +199,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         let _ = writeln!(out, "{report}");
     }
-    Ok(())
+    Ok(report)
 }
 
 #[cfg(test)]
