@@ -47,16 +47,16 @@ BODY=128 # echo response body, bytes
 if ((QUICK)); then
     ROUNDS=1 H1_DUR=5s H1_WARM=1s WRK_DUR=4s H2_DUR=5s H2_WARM=1s
     LAT_ROUNDS=3 RATE_DUR=3s RATE_WARM=1s C1_DUR=2s C1_WARM=1s
-    TCP_BYTES=$((1000 * 1000 * 1000))
+    TCP_BYTES=$((1000 * 1000 * 1000)) TCP_PAIRS=2
 else
     ROUNDS=3 H1_DUR=10s H1_WARM=2s WRK_DUR=5s H2_DUR=6s H2_WARM=1s
     LAT_ROUNDS=7 RATE_DUR=3s RATE_WARM=1s C1_DUR=2s C1_WARM=1s
-    TCP_BYTES=$((2000 * 1000 * 1000))
+    TCP_BYTES=$((2000 * 1000 * 1000)) TCP_PAIRS=4
 fi
 if [[ ${SMOKE:-0} == 1 ]]; then # checks the script itself, numbers meaningless
     ROUNDS=1 H1_DUR=1s H1_WARM=1s WRK_DUR=1s H2_DUR=1s H2_WARM=0s
     LAT_ROUNDS=1 RATE_DUR=1s RATE_WARM=0s C1_DUR=1s C1_WARM=0s
-    TCP_BYTES=$((100 * 1000 * 1000))
+    TCP_BYTES=$((100 * 1000 * 1000)) TCP_PAIRS=1
 fi
 
 [[ -x $PILLION ]] || { echo "error: $PILLION not found; build it: cargo build --release -p pillion" >&2; exit 1; }
@@ -168,6 +168,10 @@ if command -v wrk >/dev/null; then VERSION[wrk]=$(wrk -v 2>&1 | head -1 || true)
 rec() { # TARGET METRIC VALUE (empty = null)
     printf '{"round": %d, "target": "%s", "metric": "%s", "value": %s}\n' \
         "$ROUND" "$1" "$2" "${3:-null}" >>"${RAW_T:-$RAW}"
+}
+tcp_transfer() { # PORT OUT: sends TCP_BYTES through PORT to the sink; prints MB/s
+    timeout --kill-after=5 120 python3 "$UTIL" tcp-send "$1" "$TCP_BYTES" >"$2" 2>>"$WORK/bench.err" || return 1
+    jget "$2" 'round(r["mb_per_s"], 1)' | grep .
 }
 proc_sample() { # PID... -> "cpu_ticks rss_kb" summed (utime+stime from /proc/PID/stat)
     local pid s f k v _ ticks=0 rss=0
@@ -388,18 +392,31 @@ run_target() { # TARGET
         NA[$t]="${NA[$t]:-}h2c listener did not answer; "
     fi
 
-    # (e) TCP relay bulk throughput: two transfers of the same size, each reported. On this VM
-    # the first bulk transfer through a fresh proxy process after the HTTP runs was at times far
-    # slower than the next (Pillion 1.9 GB/s, then 3.1-3.7; Envoy 2.0, then 3.0), with the time
-    # in the kernel's copies from the proxy's buffer (see RESULTS.md)
+    # (e) TCP relay bulk throughput. A proxy's transfers alternate with direct ones of the same
+    # size (direct, relayed, direct, relayed, ...), so each relayed transfer has a direct one
+    # seconds before it on a machine whose loopback throughput drifts by 20% or more from minute
+    # to minute. The first relayed transfer after the HTTP runs is reported on its own row: on this
+    # VM it is often far slower, through any proxy and even through a fresh process that served
+    # none of them, because the guest hands the memory freed by those runs back to the host (free
+    # page reporting) and its next writes to that memory fault in the host (see RESULTS.md).
     if python3 "$UTIL" wait-tcp "$TCP_PORT" 2; then
-        for metric in tcp_cold_mbps tcp_mbps; do
-            f=$d/$metric.json
-            if timeout --kill-after=5 120 python3 "$UTIL" tcp-send "$TCP_PORT" "$TCP_BYTES" >"$f" 2>>"$WORK/bench.err" &&
-                [[ -n $(jget "$f" 'r["mb_per_s"]') ]]; then
-                rec "$t" "$metric" "$(jget "$f" 'round(r["mb_per_s"], 1)')"
-            else
-                log "$t round $ROUND: TCP relay failed ($metric): $(cat "$f" 2>/dev/null)"
+        local i direct relayed
+        for ((i = 0; i <= TCP_PAIRS; i++)); do
+            direct=""
+            if ((is_proxy)); then
+                direct=$(tcp_transfer "$SINK_PORT" "$d/tcp_direct_$i.json") || {
+                    log "$t round $ROUND: direct TCP transfer failed: $(cat "$d/tcp_direct_$i.json" 2>/dev/null)"
+                    continue
+                }
+            fi
+            relayed=$(tcp_transfer "$TCP_PORT" "$d/tcp_$i.json") || {
+                log "$t round $ROUND: TCP relay failed: $(cat "$d/tcp_$i.json" 2>/dev/null)"
+                continue
+            }
+            if ((i == 0)); then rec "$t" tcp_cold_mbps "$relayed"; else rec "$t" tcp_mbps "$relayed"; fi
+            if [[ -n $direct ]]; then
+                rec "$t" "$( ((i == 0)) && echo tcp_cold_ratio || echo tcp_ratio)" \
+                    "$(python3 -c "print(round($relayed / $direct, 3))")"
             fi
         done
     else
@@ -553,8 +570,8 @@ py_json() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
         "$(py_json "$(uname -r)")" "$(py_json "$(date -u +%Y-%m-%dT%H:%M:%SZ)")"
     printf '"params": {"rounds": %d, "latency_rounds": %d, "quick": %s, "rate": %d, "h1conns": %d, "h2conns": %d, "h2streams": %d, ' \
         "$ROUNDS" "$LAT_ROUNDS" "$( ((QUICK)) && echo true || echo false)" "$RATE" "$H1_CONNS" "$H2_CONNS" "$H2_STREAMS"
-    printf '"h1_duration": "%s", "h1_warmup": "%s", "rate_duration": "%s", "h2_duration": "%s", "tcp_bytes": %d, "idle_conns": %d, "response_body_bytes": %d}}\n' \
-        "$H1_DUR" "$H1_WARM" "$RATE_DUR" "$H2_DUR" "$TCP_BYTES" "$IDLE_CONNS" "$BODY"
+    printf '"h1_duration": "%s", "h1_warmup": "%s", "rate_duration": "%s", "h2_duration": "%s", "tcp_bytes": %d, "tcppairs": %d, "idle_conns": %d, "response_body_bytes": %d}}\n' \
+        "$H1_DUR" "$H1_WARM" "$RATE_DUR" "$H2_DUR" "$TCP_BYTES" "$TCP_PAIRS" "$IDLE_CONNS" "$BODY"
 } >"$WORK/meta.json"
 
 echo

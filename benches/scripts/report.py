@@ -28,8 +28,10 @@ ROWS = [
     ("c1_p50", "latency, 1 conn closed loop: p50 (us)", "lo", True, 0),
     ("add_c1_p50", "latency added over direct, 1 conn: p50 (us)", "lo", False, 0),
     ("rps_h2", "h2c, {h2conns} conns x {h2streams} streams (req/s)", "hi", True, 0),
-    ("tcp_cold_mbps", "TCP relay bulk, first transfer of the process (MB/s)", "hi", True, 0),
-    ("tcp_mbps", "TCP relay bulk, the transfer after it (MB/s)", "hi", True, 0),
+    ("tcp_cold_mbps", "TCP relay bulk, first transfer after the HTTP runs (MB/s)", "hi", True, 0),
+    ("tcp_cold_ratio", "TCP relay, first transfer / the direct one just before it", "hi", False, 2),
+    ("tcp_mbps", "TCP relay bulk, the transfers after it (MB/s)", "hi", True, 0),
+    ("tcp_ratio", "TCP relay / direct, later transfers alternated ({tcppairs} pair(s) a round, median)", "hi", False, 2),
     ("rss_idle_mb", "RSS idle (MB)", "lo", False, 1),
     ("rss_load_mb", "RSS under load, peak during HTTP/1.1 run (MB)", "lo", False, 1),
     ("rss_1k_mb", "RSS with 1,000 idle keep-alive conns (MB)", "lo", False, 1),
@@ -103,7 +105,7 @@ def main():
                 cells.append(status[t].split(":")[0])
                 continue
             v = med.get((t, key))
-            if t == "direct" and key in ("cpu_us", "rss_idle_mb", "rss_load_mb", "rss_1k_mb"):
+            if t == "direct" and key in ("cpu_us", "rss_idle_mb", "rss_load_mb", "rss_1k_mb", "tcp_cold_ratio", "tcp_ratio"):
                 cells.append("-")
                 continue
             if t == "direct" and key in DERIVED:
@@ -113,6 +115,8 @@ def main():
                 cells.append("MISSING (wrk)")
                 continue
             c = fmt(v, dec)
+            if key.endswith("_ratio") and v is not None:
+                c += "x"
             if vs_direct and t != "direct" and v is not None and d:
                 c += f" ({v / d:.2f}x)"
             cells.append(c)
