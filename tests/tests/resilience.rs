@@ -609,6 +609,122 @@ clusters:
     }
 }
 
+/// An upstream whose `/stall` answers its head and a first chunk at once and then never ends
+/// its body, whose `/drip` sends three chunks 50ms apart, and whose other paths answer `ok`.
+async fn stalling_body_upstream() -> Upstream {
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    use hyper::body::Frame;
+    use pillion_tests::client::stream_body;
+    Upstream::http1(|req| async move {
+        let chunk = |b: &'static [u8]| {
+            Ok::<_, pillion_tests::client::BoxError>(Frame::data(Bytes::from_static(b)))
+        };
+        match req.uri().path() {
+            "/stall" => Response::new(stream_body(
+                futures_util::stream::iter([chunk(b"first")])
+                    .chain(futures_util::stream::pending()),
+            )),
+            "/drip" => Response::new(stream_body(
+                futures_util::stream::iter([b"a", b"b", b"c"]).then(
+                    move |b: &'static [u8; 1]| async move {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        chunk(b)
+                    },
+                ),
+            )),
+            _ => Response::new(full("ok")),
+        }
+    })
+    .await
+}
+
+/// Reads `body` frame by frame: the data before it failed, or `None` if it ended whole.
+async fn read_until_error(mut body: hyper::body::Incoming) -> (Vec<u8>, Option<String>) {
+    let mut got = Vec::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => got.extend_from_slice(f.data_ref().map_or(&[][..], |d| &d[..])),
+                Err(e) => return Some(e.to_string()),
+            }
+        }
+        None
+    };
+    let error = within_for(
+        Duration::from_secs(10),
+        "the response body to end or fail",
+        read,
+    )
+    .await;
+    (got, error)
+}
+
+#[tokio::test]
+async fn the_route_timeout_cuts_a_response_body_that_outlasts_it() {
+    let upstream = stalling_body_upstream().await;
+    let listen = free_addr();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let mut config = one_route(listen, &[upstream.addr()], "timeout: 400ms", "");
+    config.push_str(&format!(
+        "access_log:\n  path: {}\n  format: \"%path% %status% %response_flags%\"\n",
+        log.display()
+    ));
+    let proxy = Proxy::start(&config).await;
+
+    // HTTP/1.1: the head and the first chunk arrive at once; the rest never comes, and at the
+    // route's deadline the proxy cuts the response (here: closes the connection mid-body).
+    let mut h1 = H1Client::connect(listen).await;
+    let start = Instant::now();
+    let rsp = h1
+        .send(pillion_tests::client::get("http://svc/stall"))
+        .await;
+    assert_eq!(rsp.status(), StatusCode::OK);
+    let (got, error) = read_until_error(rsp.into_body()).await;
+    let took = start.elapsed();
+    assert_eq!(got, b"first");
+    assert!(error.is_some(), "the stalled body ended whole");
+    assert!(
+        took >= Duration::from_millis(350),
+        "cut after {took:?}, before the timeout"
+    );
+
+    // HTTP/2: the stream is reset, and the connection goes on serving.
+    let h2 = H2Client::connect(listen).await;
+    let rsp = h2
+        .send(pillion_tests::client::get("http://svc/stall"))
+        .await;
+    assert_eq!(rsp.status(), StatusCode::OK);
+    let (got, error) = read_until_error(rsp.into_body()).await;
+    assert_eq!(got, b"first");
+    assert!(error.is_some(), "the stalled body ended whole");
+    assert_eq!(h2.get("http://svc/after").await.text(), "ok");
+
+    // A body that streams for a while but ends within the timeout is whole.
+    let drip = H1Client::connect(listen).await.get("http://svc/drip").await;
+    assert_eq!(drip.text(), "abc");
+
+    // The cut upstream connections were dropped, not pooled: the two stalled requests and the
+    // ones after them took three connections at least (the drip may reuse the `/after` one).
+    assert!(
+        upstream.connections() >= 3,
+        "{} upstream connections",
+        upstream.connections()
+    );
+
+    // The access log flags the cut responses with UT (upstream request timeout), as Envoy does.
+    eventually("the access log lines", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let ok = text.lines().filter(|l| *l == "/stall 200 UT").count() == 2
+            && text.lines().any(|l| l == "/after 200 -")
+            && text.lines().any(|l| l == "/drip 200 -");
+        async move { ok.then_some(()) }
+    })
+    .await;
+    drop(proxy);
+}
+
 // === circuit breaking ===
 
 #[tokio::test]

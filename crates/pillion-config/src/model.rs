@@ -155,7 +155,8 @@ pub struct Route {
     /// Headers added to or removed from the response before it goes back.
     #[serde(default, skip_serializing_if = "HeaderRewrite::is_empty")]
     pub response_headers: HeaderRewrite,
-    /// The time the whole request may take, retries included; off when absent.
+    /// The time the whole exchange may take, retries and the response body included; off when
+    /// absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     /// Retry policy; no retries when absent (but see the transparent retry in the reference).

@@ -4,7 +4,8 @@
 //! ([`TimeoutKind::Request`], every attempt and backoff included); below it (or through
 //! [`crate::retry::RetryPolicy::per_try_timeout`]) it bounds one attempt ([`TimeoutKind::PerTry`]).
 //! The timer covers the response future (until the response headers arrive), not the streaming of
-//! the response body. With no duration the layer is a pass-through (no timer is created).
+//! the response body (the proxy bounds a route's body with what is left of the route's timeout).
+//! With no duration the layer is a pass-through (no timer is created).
 
 use std::{
     future::Future,

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pillion_layers::{limit, BoxError};
+use std::future::Future;
 use std::{
     pin::Pin,
     sync::{
@@ -14,18 +15,38 @@ use std::{
         Arc,
     },
     task::{Context, Poll},
+    time::Duration,
 };
+use tokio::time::{Instant, Sleep};
 
 pin_project_lite::pin_project! {
     /// A response body: streamed from upstream or made by the proxy, without boxing. When the
     /// access log is on, it carries the request's pending line, written when the body ends. On
-    /// HTTP/1 it ends the request (for the head timeout) when it ends.
+    /// HTTP/1 it ends the request (for the head timeout) when it ends. On a route with a
+    /// `timeout`, it fails with [`BodyTimeout`] if it has not ended by the route's deadline.
     pub struct ProxyBody {
         #[pin]
         kind: Kind,
         log: Option<Box<PendingLog>>,
         request: Option<RequestGuard>,
+        deadline: Option<Box<Deadline>>,
     }
+}
+
+/// A route's deadline for the rest of a response, and the timeout it comes from.
+struct Deadline {
+    sleep: Pin<Box<Sleep>>,
+    after: Duration,
+}
+
+/// The route's `timeout` elapsed while the response body was still streaming: the response is
+/// cut short (the downstream connection closed on HTTP/1, the stream reset on HTTP/2), and the
+/// upstream's body is dropped with its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("request timeout elapsed after {after:?} while the response body was streaming")]
+pub struct BodyTimeout {
+    /// The route's timeout.
+    pub after: Duration,
 }
 
 pin_project_lite::pin_project! {
@@ -83,6 +104,18 @@ impl ProxyBody {
             },
             log: None,
             request: None,
+            deadline: None,
+        }
+    }
+
+    /// Ends the body with [`BodyTimeout`] at `at` (the route's `timeout` of `after` from when the
+    /// request went to the route's stack) unless it ends first.
+    pub(crate) fn set_deadline(&mut self, at: Instant, after: Duration) {
+        if !self.is_end_stream() {
+            self.deadline = Some(Box::new(Deadline {
+                sleep: Box::pin(tokio::time::sleep_until(at)),
+                after,
+            }));
         }
     }
 
@@ -110,6 +143,7 @@ impl From<limit::ResponseBody<UpstreamBody>> for ProxyBody {
             kind: Kind::Upstream { body },
             log: None,
             request: None,
+            deadline: None,
         }
     }
 }
@@ -122,8 +156,26 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let res = match this.kind.project() {
+        let mut this = self.project();
+        if let Some(d) = this.deadline {
+            if d.sleep.as_mut().poll(cx).is_ready() {
+                let after = d.after;
+                *this.deadline = None;
+                tracing::debug!(
+                    ?after,
+                    "route timeout elapsed mid-body: cutting the response"
+                );
+                // NOTE: the upstream body goes now, and with it its connection and permit.
+                this.kind.set(Kind::Local { data: None });
+                *this.request = None;
+                if let Some(log) = this.log.as_mut() {
+                    log.entry.response_flags = "UT";
+                }
+                *this.log = None;
+                return Poll::Ready(Some(Err(BodyTimeout { after }.into())));
+            }
+        }
+        let res = match this.kind.as_mut().project() {
             KindProj::Upstream { body } => body.poll_frame(cx),
             KindProj::Local { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };

@@ -291,6 +291,9 @@ async fn forward<B: Into<Downstream>>(
     }
     // NOTE: the service time is for the access log only; without one, no clock is read.
     let sent = logged.then(Instant::now);
+    // NOTE: the route's timeout bounds the whole response; its stack bounds the wait for the head,
+    // and the body gets what is left. Only a route with a timeout reads the clock for it.
+    let deadline = target.timeout.map(|after| (Instant::now() + after, after));
     let result = if target.direct {
         target.cluster.send_direct(req).await
     } else {
@@ -326,7 +329,11 @@ async fn forward<B: Into<Downstream>>(
     let (mut parts, body) = rsp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     route.response_headers.apply(&mut parts.headers);
-    Ok(Response::from_parts(parts, body.into()))
+    let mut rsp = Response::from_parts(parts, ProxyBody::from(body));
+    if let Some((at, after)) = deadline {
+        rsp.body_mut().set_deadline(at, after);
+    }
+    Ok(rsp)
 }
 
 /// Set on a response the proxy retried: how many tries it took.

@@ -15,7 +15,7 @@ use pillion_layers::{
     BoxError,
 };
 use pillion_telemetry::{HttpStats, Metrics, RouteLabels};
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 use tower::{util::BoxCloneSyncService, ServiceBuilder};
 
 /// A listener's routes, in order, and its catch-all.
@@ -64,6 +64,9 @@ pub struct Target {
     /// Whether the route has no policy at all, so requests skip `service` and go straight to the
     /// cluster (within its `max_requests`).
     pub direct: bool,
+    /// The route's `timeout`: `service` bounds the wait for the response head with it, and the
+    /// response body must end within what is left of it.
+    pub timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Target {
@@ -249,6 +252,7 @@ impl Route {
                     && policies.fault.is_none()
                     && policies.timeout.is_none()
                     && policies.retry.is_none(),
+                timeout: policies.timeout,
             })
         };
         let targets = match &cfg.cluster {
@@ -338,7 +342,7 @@ impl Route {
 struct Policies {
     rate_limit: Option<Arc<Bucket>>,
     fault: Option<FaultPolicy>,
-    timeout: Option<std::time::Duration>,
+    timeout: Option<Duration>,
     retry: Option<RetryPolicy>,
 }
 
