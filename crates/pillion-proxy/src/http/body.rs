@@ -263,3 +263,46 @@ impl Body for RequestBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_has_not_ended_by_its_deadline_fails_with_body_timeout() {
+        let after = Duration::from_millis(300);
+        let mut body = ProxyBody::local("late");
+        body.set_deadline(Instant::now() + after, after);
+        tokio::time::advance(Duration::from_millis(301)).await;
+        let err = body
+            .frame()
+            .await
+            .expect("a frame")
+            .expect_err("the deadline passed");
+        let timeout = err.downcast_ref::<BodyTimeout>().expect("a BodyTimeout");
+        assert_eq!(timeout.after, after);
+        // The upstream body went with the timeout: nothing follows the error.
+        assert!(body.is_end_stream());
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_polled_before_its_deadline_streams_whole() {
+        let after = Duration::from_millis(300);
+        let mut body = ProxyBody::local("in time");
+        body.set_deadline(Instant::now() + after, after);
+        tokio::time::advance(Duration::from_millis(299)).await;
+        let data = body.collect().await.expect("no timeout").to_bytes();
+        assert_eq!(&data[..], b"in time");
+    }
+
+    #[test]
+    fn an_ended_body_gets_no_timer() {
+        // An empty body has nothing left to stream, so no deadline (and no timer) is set; this
+        // runs outside a runtime, where making a timer would panic.
+        let mut body = ProxyBody::local("");
+        body.set_deadline(Instant::now(), Duration::from_secs(1));
+        assert!(body.deadline.is_none());
+    }
+}
