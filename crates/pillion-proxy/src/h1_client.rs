@@ -137,7 +137,7 @@ pub(crate) struct Body {
     data: Option<Bytes>,
     decode: Decode,
     /// The connection, while the body is being read from it.
-    conn: Option<H1Conn>,
+    conn: Option<Box<H1Conn>>,
     /// Where the connection goes when the body ends, if it may be reused.
     pool: Option<Arc<EndpointPool>>,
 }
@@ -170,14 +170,16 @@ pub(crate) fn can_send(req: &Request<SendBody>) -> bool {
 // === impl H1Conn ===
 
 impl H1Conn {
-    pub(crate) fn new(io: Conn) -> Self {
-        Self {
+    /// A connection of the own client, boxed: it moves into every response it reads (the body
+    /// reads from it), and a pointer moves cheaper than the connection and its buffers.
+    pub(crate) fn new(io: Conn) -> Box<Self> {
+        Box::new(Self {
             io,
             buf: BytesMut::new(),
             head: Vec::new(),
             read_size: READ_SIZE,
             names: Vec::new(),
-        }
+        })
     }
 
     /// The connection, for hyper's client.
@@ -199,7 +201,7 @@ impl H1Conn {
 
     /// Returns the connection to `pool` after its exchange, unless more than the response
     /// arrived: an upstream that sends what it was not asked for gets no other request.
-    fn release(self, pool: &Arc<EndpointPool>) {
+    fn release(self: Box<Self>, pool: &Arc<EndpointPool>) {
         if self.buf.is_empty() {
             pool.checkin_h1_own(self);
         }
@@ -208,7 +210,7 @@ impl H1Conn {
     /// Sends `req` (which [`can_send`]) and reads the response head. The body reads the rest and
     /// returns the connection to `pool` at its end; a response without one returns it now.
     pub(crate) async fn send(
-        mut self,
+        mut self: Box<Self>,
         req: &Request<SendBody>,
         reused: bool,
         pool: &Arc<EndpointPool>,
@@ -500,7 +502,7 @@ impl Body {
     /// The body after the head: done at once (the connection back in `pool` if it may be reused)
     /// when all of it came with the head.
     fn start(
-        mut conn: H1Conn,
+        mut conn: Box<H1Conn>,
         framing: Framing,
         keep_alive: bool,
         pool: &Arc<EndpointPool>,

@@ -109,7 +109,7 @@ struct Idle {
 
 #[derive(Debug)]
 struct IdleOwn {
-    conn: H1Conn,
+    conn: Box<H1Conn>,
     ticks: u8,
 }
 
@@ -247,7 +247,7 @@ impl Connector {
         ep: &Endpoint,
     ) -> Result<(http1::SendRequest<SendBody>, bool), BoxError> {
         let (io, reused) = match ep.pool.checkout_own() {
-            Some(conn) => (conn.into_io(), true),
+            Some(conn) => ((*conn).into_io(), true),
             None => (self.open(ep).await?, false),
         };
         let (tx, conn) = http1::Builder::new()
@@ -445,7 +445,7 @@ impl EndpointPool {
 
     /// The most recently used idle connection of the own client that is still usable; those
     /// the upstream closed (or wrote to unasked) are dropped.
-    fn checkout_own(&self) -> Option<H1Conn> {
+    fn checkout_own(&self) -> Option<Box<H1Conn>> {
         loop {
             let mut conn = self.lock().idle_own.pop()?.conn;
             // NOTE: looked at outside the lock; dropping a dead connection closes its socket.
@@ -456,7 +456,7 @@ impl EndpointPool {
     }
 
     /// Pools a connection of the own client whose exchange has ended.
-    pub(crate) fn checkin_h1_own(self: &Arc<Self>, conn: H1Conn) {
+    pub(crate) fn checkin_h1_own(self: &Arc<Self>, conn: Box<H1Conn>) {
         let mut s = self.lock();
         s.idle_own.push(IdleOwn { conn, ticks: 0 });
         self.start_reaper(&mut s);
@@ -744,7 +744,7 @@ mod tests {
     }
 
     /// A connection of the own client to a fresh local listener, and the listener's end of it.
-    async fn own_conn() -> (H1Conn, tokio::net::TcpStream) {
+    async fn own_conn() -> (Box<H1Conn>, tokio::net::TcpStream) {
         use pillion_layers::limit::{Counter, MAX_CONNECTIONS, MAX_PENDING};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let uri: http::Uri = format!("http://{}/", listener.local_addr().unwrap())
