@@ -713,7 +713,15 @@ async fn the_route_timeout_cuts_a_response_body_that_outlasts_it() {
         upstream.connections()
     );
 
-    // The access log flags the cut responses with UT (upstream request timeout), as Envoy does.
+    // Both cuts are counted for the route, and flagged UT (upstream request timeout) in the
+    // access log, as Envoy does.
+    proxy
+        .wait_metric(
+            "pillion_http_response_body_timeouts_total",
+            &[("route", "r"), ("cluster", "app")],
+            2.0,
+        )
+        .await;
     eventually("the access log lines", || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let ok = text.lines().filter(|l| *l == "/stall 200 UT").count() == 2

@@ -92,6 +92,7 @@ pub enum DetectResult {
 pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_retries: Family<RouteLabels, Counter>,
+    pub http_body_timeouts: Family<RouteLabels, Counter>,
     pub proxy_responses: Family<ProxyResponseLabels, Counter>,
     pub upstream_cx_opened: Family<ClusterLabels, Counter>,
     pub upstream_cx_failed: Family<ClusterLabels, Counter>,
@@ -125,6 +126,7 @@ struct HttpStatsInner {
     by_code: Box<[std::sync::OnceLock<Counter>]>,
     duration: Histogram,
     retries: Counter,
+    body_timeouts: Counter,
 }
 
 /// Per-cluster upstream connection and request handles.
@@ -212,6 +214,7 @@ impl Metrics {
         let m = Self {
             http_requests: Family::default(),
             http_retries: Family::default(),
+            http_body_timeouts: Family::default(),
             proxy_responses: Family::default(),
             upstream_cx_opened: Family::default(),
             upstream_cx_failed: Family::default(),
@@ -243,6 +246,11 @@ impl Metrics {
             "http_retries",
             "Retries made by the proxy (tries after the first), by route and cluster",
             m.http_retries.clone(),
+        );
+        r.register(
+            "http_response_body_timeouts",
+            "Responses cut because the route's timeout elapsed while their body was streaming, by route and cluster",
+            m.http_body_timeouts.clone(),
         );
         r.register(
             "http_proxy_responses",
@@ -331,6 +339,7 @@ impl Metrics {
     pub fn http_stats(&self, labels: RouteLabels) -> HttpStats {
         let duration = self.http_duration.get_or_create(&labels).clone();
         let retries = self.http_retries.get_or_create(&labels).clone();
+        let body_timeouts = self.http_body_timeouts.get_or_create(&labels).clone();
         HttpStats {
             inner: std::sync::Arc::new(HttpStatsInner {
                 family: self.http_requests.clone(),
@@ -338,6 +347,7 @@ impl Metrics {
                 by_code: (100..=599).map(|_| std::sync::OnceLock::new()).collect(),
                 duration,
                 retries,
+                body_timeouts,
             }),
         }
     }
@@ -453,6 +463,11 @@ impl HttpStats {
         if retries > 0 {
             self.inner.retries.inc_by(u64::from(retries));
         }
+    }
+
+    /// Records a response cut because the route's timeout elapsed while its body streamed.
+    pub fn record_body_timeout(&self) {
+        self.inner.body_timeouts.inc();
     }
 }
 

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pillion_layers::{limit, BoxError};
+use pillion_telemetry::HttpStats;
 use std::future::Future;
 use std::{
     pin::Pin,
@@ -33,10 +34,12 @@ pin_project_lite::pin_project! {
     }
 }
 
-/// A route's deadline for the rest of a response, and the timeout it comes from.
+/// A route's deadline for the rest of a response, the timeout it comes from, and the route's
+/// stats that count the cut.
 struct Deadline {
     sleep: Pin<Box<Sleep>>,
     after: Duration,
+    stats: HttpStats,
 }
 
 /// The route's `timeout` elapsed while the response body was still streaming: the response is
@@ -110,11 +113,12 @@ impl ProxyBody {
 
     /// Ends the body with [`BodyTimeout`] at `at` (the route's `timeout` of `after` from when the
     /// request went to the route's stack) unless it ends first.
-    pub(crate) fn set_deadline(&mut self, at: Instant, after: Duration) {
+    pub(crate) fn set_deadline(&mut self, at: Instant, after: Duration, stats: &HttpStats) {
         if !self.is_end_stream() {
             self.deadline = Some(Box::new(Deadline {
                 sleep: Box::pin(tokio::time::sleep_until(at)),
                 after,
+                stats: stats.clone(),
             }));
         }
     }
@@ -160,6 +164,7 @@ impl Body for ProxyBody {
         if let Some(d) = this.deadline {
             if d.sleep.as_mut().poll(cx).is_ready() {
                 let after = d.after;
+                d.stats.record_body_timeout();
                 *this.deadline = None;
                 tracing::debug!(
                     ?after,
@@ -268,12 +273,40 @@ impl Body for RequestBody {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use pillion_telemetry::{Metrics, RouteLabels};
+    use prometheus_client::registry::Registry;
+
+    /// A route's stats, and the registry's text, to read its counters from.
+    fn stats() -> (HttpStats, impl Fn() -> String) {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let stats = metrics.http_stats(RouteLabels {
+            direction: "inbound",
+            listener: "in".into(),
+            route: "r".into(),
+            cluster: "app".into(),
+        });
+        let text = move || {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");
+            out
+        };
+        (stats, text)
+    }
+
+    fn body_timeouts(text: &str) -> &str {
+        text.lines()
+            .find(|l| l.starts_with("pillion_http_response_body_timeouts_total{"))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("missing")
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_body_that_has_not_ended_by_its_deadline_fails_with_body_timeout() {
         let after = Duration::from_millis(300);
+        let (stats, text) = stats();
         let mut body = ProxyBody::local("late");
-        body.set_deadline(Instant::now() + after, after);
+        body.set_deadline(Instant::now() + after, after, &stats);
         tokio::time::advance(Duration::from_millis(301)).await;
         let err = body
             .frame()
@@ -285,16 +318,21 @@ mod tests {
         // The upstream body went with the timeout: nothing follows the error.
         assert!(body.is_end_stream());
         assert!(body.frame().await.is_none());
+        let text = text();
+        assert_eq!(body_timeouts(&text), "1", "{text}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_body_polled_before_its_deadline_streams_whole() {
         let after = Duration::from_millis(300);
+        let (stats, text) = stats();
         let mut body = ProxyBody::local("in time");
-        body.set_deadline(Instant::now() + after, after);
+        body.set_deadline(Instant::now() + after, after, &stats);
         tokio::time::advance(Duration::from_millis(299)).await;
         let data = body.collect().await.expect("no timeout").to_bytes();
         assert_eq!(&data[..], b"in time");
+        let text = text();
+        assert_eq!(body_timeouts(&text), "0", "{text}");
     }
 
     #[test]
@@ -302,7 +340,7 @@ mod tests {
         // An empty body has nothing left to stream, so no deadline (and no timer) is set; this
         // runs outside a runtime, where making a timer would panic.
         let mut body = ProxyBody::local("");
-        body.set_deadline(Instant::now(), Duration::from_secs(1));
+        body.set_deadline(Instant::now(), Duration::from_secs(1), &stats().0);
         assert!(body.deadline.is_none());
     }
 }

@@ -331,7 +331,7 @@ async fn forward<B: Into<Downstream>>(
     route.response_headers.apply(&mut parts.headers);
     let mut rsp = Response::from_parts(parts, ProxyBody::from(body));
     if let Some((at, after)) = deadline {
-        rsp.body_mut().set_deadline(at, after);
+        rsp.body_mut().set_deadline(at, after, &target.stats);
     }
     Ok(rsp)
 }
