@@ -610,7 +610,9 @@ clusters:
 }
 
 /// An upstream whose `/stall` answers its head and a first chunk at once and then never ends
-/// its body, whose `/drip` sends three chunks 50ms apart, and whose other paths answer `ok`.
+/// its body, whose `/drip` sends three chunks 20ms apart, and whose other paths answer `ok`.
+/// (The drip's delay is what it serves, not a wait for anything: 60ms in all, well within the
+/// test route's 400ms timeout.)
 async fn stalling_body_upstream() -> Upstream {
     use bytes::Bytes;
     use futures_util::StreamExt;
@@ -628,7 +630,7 @@ async fn stalling_body_upstream() -> Upstream {
             "/drip" => Response::new(stream_body(
                 futures_util::stream::iter([b"a", b"b", b"c"]).then(
                     move |b: &'static [u8; 1]| async move {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                         chunk(b)
                     },
                 ),

@@ -150,7 +150,7 @@ impl BenchArgs {
 pub fn main(args: BenchArgs) -> ExitCode {
     match bench(&args) {
         Ok(report) if report.requests == 0 => {
-            let failed = report.errors.connect + report.errors.timeout + report.errors.other;
+            let failed = report.error_count();
             let why = if failed > 0 {
                 format!("all {failed} requests sent failed (see the errors in the report)")
             } else {

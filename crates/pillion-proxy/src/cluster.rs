@@ -403,9 +403,11 @@ impl Cluster {
         let permit = self.max_requests.try_acquire()?;
         // NOTE: boxed, as the route stack's cluster service is, so an idle connection's task
         // does not carry the size of an upstream exchange.
-        let rsp = self
-            .send_boxed(req.map(pillion_layers::retry::ReplayBody::passthrough))
-            .await?;
+        let rsp = Self::send_boxed(
+            self,
+            req.map(pillion_layers::retry::ReplayBody::passthrough),
+        )
+        .await?;
         Ok(rsp.map(|body| limit::ResponseBody::holding(body, Some(permit))))
     }
 
@@ -413,14 +415,19 @@ impl Cluster {
     ///
     /// NOTE: a plain function doing the synchronous part, so that the boxed future holds only
     /// what crosses the await (the request once, inside the exchange): the boxed `async fn` it
-    /// replaces was 1.5 KB, copied into its box for every request.
-    fn send_boxed(
-        &self,
+    /// replaces was 1.5 KB, copied into its box for every request. `this` is how the future
+    /// holds the cluster: borrowed on the direct path, an `Arc` for the route stack's service,
+    /// so that each has one box per try.
+    fn send_boxed<'a, C>(
+        this: C,
         mut req: Request<SendBody>,
-    ) -> Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, BoxError>> + Send + '_>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, BoxError>> + Send + 'a>>
+    where
+        C: std::ops::Deref<Target = Self> + Send + 'a,
+    {
         let picked = match req.extensions().get::<Tried>() {
-            None => self.pick(),
-            Some(tried) => self.pick_untried(tried),
+            None => this.pick(),
+            Some(tried) => this.pick_untried(tried),
         };
         let Some((pick, ep)) = picked else {
             return Box::pin(std::future::ready(Err(NoEndpoint.into())));
@@ -433,17 +440,17 @@ impl Cluster {
         } else {
             to_origin_form(&mut req);
         }
-        self.upstream.requests.inc();
+        this.upstream.requests.inc();
         let started = Instant::now();
         if h2 {
             Box::pin(async move {
-                let result = self.h2.send_h2(&ep, req).await;
-                self.record(result, pick, &ep, started)
+                let result = this.h2.send_h2(&ep, req).await;
+                this.record(result, pick, &ep, started)
             })
         } else {
             Box::pin(async move {
-                let result = self.h1.send_h1(&ep, req).await;
-                self.record(result, pick, &ep, started)
+                let result = this.h1.send_h1(&ep, req).await;
+                this.record(result, pick, &ep, started)
             })
         }
     }
@@ -515,8 +522,7 @@ impl tower::Service<Request<SendBody>> for ClusterService {
     }
 
     fn call(&mut self, req: Request<SendBody>) -> Self::Future {
-        let cluster = self.cluster.clone();
-        Box::pin(async move { cluster.send_boxed(req).await })
+        Cluster::send_boxed(self.cluster.clone(), req)
     }
 }
 

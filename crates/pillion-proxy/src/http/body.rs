@@ -30,16 +30,19 @@ pin_project_lite::pin_project! {
         kind: Kind,
         log: Option<Box<PendingLog>>,
         request: Option<RequestGuard>,
-        deadline: Option<Box<Deadline>>,
+        deadline: Option<Pin<Box<Deadline>>>,
     }
 }
 
-/// A route's deadline for the rest of a response, the timeout it comes from, and the route's
-/// stats that count the cut.
-struct Deadline {
-    sleep: Pin<Box<Sleep>>,
-    after: Duration,
-    stats: HttpStats,
+pin_project_lite::pin_project! {
+    /// A route's deadline for the rest of a response, the timeout it comes from, and the route's
+    /// stats that count the cut: one allocation, the timer inside it.
+    struct Deadline {
+        #[pin]
+        sleep: Sleep,
+        after: Duration,
+        stats: HttpStats,
+    }
 }
 
 /// The route's `timeout` elapsed while the response body was still streaming: the response is
@@ -115,8 +118,8 @@ impl ProxyBody {
     /// request went to the route's stack) unless it ends first.
     pub(crate) fn set_deadline(&mut self, at: Instant, after: Duration, stats: &HttpStats) {
         if !self.is_end_stream() {
-            self.deadline = Some(Box::new(Deadline {
-                sleep: Box::pin(tokio::time::sleep_until(at)),
+            self.deadline = Some(Box::pin(Deadline {
+                sleep: tokio::time::sleep_until(at),
                 after,
                 stats: stats.clone(),
             }));
@@ -162,8 +165,9 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         if let Some(d) = this.deadline {
-            if d.sleep.as_mut().poll(cx).is_ready() {
-                let after = d.after;
+            let d = d.as_mut().project();
+            if d.sleep.poll(cx).is_ready() {
+                let after = *d.after;
                 d.stats.record_body_timeout();
                 *this.deadline = None;
                 tracing::debug!(
