@@ -16,7 +16,10 @@
 //! chunked` (with trailers), `Content-Length` or the connection's end. A connection goes back
 //! to the pool when its response has been read to the end and nothing else arrived.
 
-use crate::pool::{Conn, EndpointPool, SendBody};
+use crate::{
+    ascii::eq_lower,
+    pool::{Conn, EndpointPool, SendBody},
+};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version};
 use http_body::{Frame, SizeHint};
@@ -388,7 +391,7 @@ fn parse_head(
         let name = match names.get(i) {
             // NOTE: a kept name is valid and lower-case, so bytes equal to it but for case are
             // the same name.
-            Some(kept) if kept.as_str().as_bytes().eq_ignore_ascii_case(raw) => kept.clone(),
+            Some(kept) if eq_lower(raw, kept.as_str().as_bytes()) => kept.clone(),
             _ => {
                 let name =
                     HeaderName::from_bytes(raw).map_err(|_| Malformed::Invalid("header name"))?;
@@ -445,7 +448,8 @@ fn parse_head(
 
 impl Scan {
     fn header(&mut self, name: &str, value: &[u8]) -> Result<(), Malformed> {
-        if name.eq_ignore_ascii_case("content-length") {
+        let name = name.as_bytes();
+        if eq_lower(name, b"content-length") {
             // Repeated (or listed) lengths must agree.
             for part in value.split(|&b| b == b',') {
                 let n = parse_decimal(part.trim_ascii()).ok_or(Malformed::ContentLength)?;
@@ -454,18 +458,18 @@ impl Scan {
                 }
                 self.length = Some(n);
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if eq_lower(name, b"transfer-encoding") {
             self.transfer_encoding = true;
             // Chunked must be the last coding applied.
             self.chunked = value
                 .rsplit(|&b| b == b',')
                 .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case("connection") {
+                .is_some_and(|last| eq_lower(last.trim_ascii(), b"chunked"));
+        } else if eq_lower(name, b"connection") {
             for token in value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                self.close |= eq_lower(token, b"close");
+                self.keep_alive |= eq_lower(token, b"keep-alive");
             }
         }
         Ok(())

@@ -19,6 +19,7 @@
 //! that fails mid-way aborts the connection.
 
 use crate::{
+    ascii::eq_lower,
     h1_client::{parse_decimal, put_header, MAX_HEAD, MAX_HEADERS},
     http::{handle, ConnCtx, NoBody, ProxyBody},
     io::{Activity, PrefixedIo},
@@ -492,17 +493,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
 /// the connection. A body (a length but 0, any transfer coding), `Expect` or an upgrade is
 /// hyper's to serve.
 fn simple_header(name: &str, value: &[u8]) -> Option<bool> {
-    let is = |n: &str| name.eq_ignore_ascii_case(n);
-    if is("content-length") {
+    let is = |n: &[u8]| eq_lower(name.as_bytes(), n);
+    if is(b"content-length") {
         return (value.trim_ascii() == b"0").then_some(false);
     }
-    if is("transfer-encoding") || is("expect") || is("upgrade") {
+    if is(b"transfer-encoding") || is(b"expect") || is(b"upgrade") {
         return None;
     }
-    if is("connection") {
+    if is(b"connection") {
         let close = value
             .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            .any(|t| eq_lower(t.trim_ascii(), b"close"));
         return Some(close);
     }
     Some(false)

@@ -4,6 +4,7 @@
 //! A [`Proxy`] is compiled from a validated config once; each accepted connection goes through
 //! one pipeline: accept, detect the protocol (on `auto` listeners), then serve HTTP or relay TCP.
 
+mod ascii;
 pub mod cluster;
 pub mod connect;
 pub mod detect;
