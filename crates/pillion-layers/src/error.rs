@@ -21,6 +21,13 @@ pub struct ConnectFailed(#[source] pub BoxError);
 #[error("the upstream closed the connection before the response was complete")]
 pub struct IncompleteResponse;
 
+/// The client's request body failed while it was being sent upstream: malformed framing (a bad
+/// chunk), or the client went away before all of it arrived. The client's doing, not the
+/// endpoint's: never retried, never counted against the endpoint, and answered 400.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed: {0}")]
+pub struct DownstreamBodyError(#[source] pub BoxError);
+
 /// Which timeout fired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TimeoutKind {
@@ -117,8 +124,9 @@ pub fn chain<'a>(
 
 /// Classifies an upstream error for retries, walking its `source()` chain.
 ///
-/// Returns `None` for errors that are local decisions, not upstream failures ([`Overloaded`],
-/// [`RateLimited`], [`FaultAbort`], a request-level [`Elapsed`]): those are never retried.
+/// Returns `None` for errors that are local decisions or the client's, not upstream failures
+/// ([`Overloaded`], [`RateLimited`], [`FaultAbort`], a request-level [`Elapsed`],
+/// [`DownstreamBodyError`]): those are never retried.
 ///
 /// - [`ConnectFailed`] or hyper-util's `legacy::Error::is_connect()` →
 ///   [`FailureKind::ConnectFailure`];
@@ -142,7 +150,11 @@ pub fn classify_dyn(err: &(dyn StdError + 'static)) -> Option<FailureKind> {
     let mut timeout = false;
     let mut refused = false;
     for e in chain(err) {
-        if e.is::<ConnectFailed>() {
+        if e.is::<DownstreamBodyError>() {
+            // NOTE: looked for before the errors it wraps (a cut-off body reads as an incomplete
+            // message, which would otherwise be an upstream reset).
+            return None;
+        } else if e.is::<ConnectFailed>() {
             return Some(FailureKind::ConnectFailure);
         } else if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
             if e.is_connect() {
@@ -261,6 +273,15 @@ mod tests {
         assert_eq!(elapsed.kind, TimeoutKind::PerTry);
         assert_eq!(attempts(&*err), 3);
         assert_eq!(classify(&err), Some(FailureKind::Timeout));
+    }
+
+    #[test]
+    fn a_failed_client_body_is_not_an_upstream_failure() {
+        // A cut-off body is an unexpected EOF underneath, which alone would read as a reset.
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        let err: BoxError = Box::new(Wrap(Box::new(DownstreamBodyError(Box::new(eof)))));
+        assert_eq!(classify(&err), None);
+        assert!(is::<DownstreamBodyError>(&*err));
     }
 
     #[test]

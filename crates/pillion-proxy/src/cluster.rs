@@ -10,6 +10,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use pillion_config as config;
 use pillion_layers::{
     balance::{BalanceConfig, Balancer, ClusterSnapshot, EndpointSet, EndpointState},
+    error::DownstreamBodyError,
     health::{spawn_health_checks, EndpointSource, HealthCheckConfig, HealthCheckKind},
     limit::{self, Counter},
     outlier::{Outcome, OutlierConfig},
@@ -472,6 +473,14 @@ impl Cluster {
                 }
                 rsp.body_mut().hold(pick);
                 Ok(rsp)
+            }
+            Err(e) if pillion_layers::error::is::<DownstreamBodyError>(&*e) => {
+                // The client's body failed, not the endpoint: the try is not held against it.
+                debug!(cluster = %self.name, endpoint = %ep.addr, error = %e, "request body failed");
+                Err(Box::new(UpstreamError {
+                    addr: ep.addr,
+                    source: e,
+                }))
             }
             Err(e) => {
                 let elapsed = pick.record_since(started, Outcome::GatewayError);

@@ -90,8 +90,10 @@ pub(crate) struct H1Conn {
 
 /// Why [`H1Conn::send`] did not produce a response.
 pub(crate) enum SendError {
-    /// A reused connection failed before any byte of the request was written: it had closed,
-    /// and the request may go on another.
+    /// A reused connection failed before any byte of the response came back, and the request
+    /// may go on another: none of it was written, or it is idempotent (RFC 9110, section
+    /// 9.2.2) and the connection ended or was reset with no answer (the upstream closed it while
+    /// idle, as the request went out).
     Unsent,
     /// Anything else.
     Failed(BoxError),
@@ -240,6 +242,8 @@ impl H1Conn {
         }
 
         let is_head = req.method() == Method::HEAD;
+        // Whether the connection may be given up for another when it ends with no answer.
+        let mut resend = reused && req.method().is_idempotent();
         let head = loop {
             if !self.buf.is_empty() {
                 match parse_head(&mut self.buf, is_head, &mut self.names) {
@@ -254,8 +258,12 @@ impl H1Conn {
                 return Err(SendError::Failed(Box::new(Malformed::TooLarge)));
             }
             match poll_fn(|cx| self.poll_fill(cx)).await {
+                Ok(0) if resend => return Err(SendError::Unsent),
                 Ok(0) => return Err(SendError::Failed(Box::new(IncompleteResponse))),
-                Ok(_) => {}
+                Ok(_) => resend = false,
+                Err(e) if resend && e.kind() == io::ErrorKind::ConnectionReset => {
+                    return Err(SendError::Unsent)
+                }
                 Err(e) => return Err(SendError::Failed(e.into())),
             }
         };
@@ -370,7 +378,11 @@ fn parse_head(
             len,
             rsp.code.unwrap_or(0),
             rsp.version.unwrap_or(1),
-            rsp.reason.map(|r| at(r.as_bytes())),
+            // NOTE: a status line without a reason, or with obs-text in it, gets a static empty
+            // string from httparse, not a slice of the head: the canonical reason goes instead.
+            rsp.reason
+                .filter(|r| !r.is_empty())
+                .map(|r| at(r.as_bytes())),
             rsp.headers.len(),
         )
     };
@@ -388,6 +400,11 @@ fn parse_head(
     let mut headers = HeaderMap::with_capacity(count);
     for (i, &(ns, nl, vs, vl)) in spans[..count].iter().enumerate() {
         let raw = &head[ns as usize..(ns + nl) as usize];
+        if scan.transfer_encoding && eq_lower(raw, b"content-length") {
+            // A length beside a transfer coding does not describe the body that is passed on
+            // (RFC 9112, section 6.3): it goes.
+            continue;
+        }
         let name = match names.get(i) {
             // NOTE: a kept name is valid and lower-case, so bytes equal to it but for case are
             // the same name.
@@ -485,14 +502,16 @@ pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
     })
 }
 
-/// The size of a chunk from its size line (without CRLF): hex digits, then extensions.
+/// The size of a chunk from its size line (without CRLF): hex digits, then optional white
+/// space and extensions (`;` ...), nothing else.
 fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     let end = line
         .iter()
-        .position(|&b| b == b';' || b == b' ' || b == b'\t')
+        .position(|&b| !b.is_ascii_hexdigit())
         .unwrap_or(line.len());
-    let digits = &line[..end];
-    if digits.is_empty() || digits.len() > 15 {
+    let (digits, rest) = line.split_at(end);
+    let rest = rest.trim_ascii_start();
+    if digits.is_empty() || digits.len() > 15 || !(rest.is_empty() || rest[0] == b';') {
         return None;
     }
     digits.iter().try_fold(0u64, |n, &d| {
@@ -576,10 +595,13 @@ impl Body {
                     }
                     return Poll::Ready(Some(Ok(Frame::data(conn.buf.split().freeze()))));
                 }
-                Decode::Size => match conn.buf.windows(2).position(|w| w == b"\r\n") {
-                    Some(end) => {
+                Decode::Size => match conn.buf.iter().position(|&b| b == b'\n') {
+                    Some(lf) => {
+                        // A bare LF ends no chunk-size line: refused, not waited past.
+                        let end = lf.checked_sub(1).filter(|&cr| conn.buf[cr] == b'\r');
+                        let end = end.ok_or(Malformed::Chunk)?;
                         let size = parse_chunk_size(&conn.buf[..end]).ok_or(Malformed::Chunk)?;
-                        conn.buf.advance(end + 2);
+                        conn.buf.advance(lf + 1);
                         self.decode = if size == 0 {
                             Decode::Trailers
                         } else {
@@ -830,6 +852,39 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_or_obs_text_reason_gives_way_to_the_canonical_one() {
+        for raw in [
+            &b"HTTP/1.1 404\r\ncontent-length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 200 \r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 200 Tr\xe9s bien\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 200 Très bien ✓\r\ncontent-length: 0\r\n\r\n".as_bytes(),
+        ] {
+            let mut buf = BytesMut::from(raw);
+            let Ok(Parsed::Final(head)) = parse_head(&mut buf, false, &mut Vec::new()) else {
+                panic!("{raw:?} parses");
+            };
+            assert_eq!(head.reason, None, "{raw:?}");
+            assert_eq!(head.framing, Framing::Length(0));
+        }
+    }
+
+    #[test]
+    fn a_length_beside_a_transfer_coding_is_dropped() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\ncontent-length: 5\r\n\r\n",
+        ] {
+            let head = head(raw, false);
+            assert!(!head.headers.contains_key("content-length"), "{raw:?}");
+            assert!(head.headers.contains_key("transfer-encoding"));
+            assert!(
+                !head.keep_alive,
+                "{raw:?}: not trusted with another request"
+            );
+        }
+    }
+
+    #[test]
     fn chunk_sizes_parse_with_extensions_and_refuse_garbage() {
         assert_eq!(parse_chunk_size(b"1a"), Some(26));
         assert_eq!(parse_chunk_size(b"A;name=value"), Some(10));
@@ -837,6 +892,11 @@ mod tests {
         assert_eq!(parse_chunk_size(b""), None);
         assert_eq!(parse_chunk_size(b"xyz"), None);
         assert_eq!(parse_chunk_size(b"ffffffffffffffff"), None, "too large");
+        assert_eq!(parse_chunk_size(b"5 ;ext"), Some(5));
+        assert_eq!(parse_chunk_size(b"5\t"), Some(5));
+        assert_eq!(parse_chunk_size(b"5 garbage"), None);
+        assert_eq!(parse_chunk_size(b"5x"), None);
+        assert_eq!(parse_chunk_size(b";ext"), None);
     }
 
     #[test]

@@ -21,7 +21,7 @@
 use crate::{
     ascii::eq_lower,
     h1_client::{parse_decimal, put_header, MAX_HEAD, MAX_HEADERS},
-    http::{handle, ConnCtx, NoBody, ProxyBody},
+    http::{handle, ConnCtx, Downstream, NoBody, ProxyBody},
     io::{Activity, PrefixedIo},
 };
 use bytes::{Buf, Bytes, BytesMut};
@@ -130,7 +130,7 @@ where
             Next::Other => return Box::pin(fallback(conn.io, conn.buf, s)).await,
         };
         let is_head = req.method() == Method::HEAD;
-        let exchange = handle(s.ctx.clone(), req, Some(s.activity.request_started()));
+        let exchange = handle(s.ctx.clone(), req, Some(s.activity.request_started(false)));
         tokio::pin!(exchange);
         let rsp = poll_fn(|cx| {
             if let Poll::Ready(Ok(rsp)) = exchange.as_mut().poll(cx) {
@@ -169,8 +169,11 @@ where
         closing,
         fallback,
     } = s;
-    let svc = hyper::service::service_fn(move |req| {
-        handle(ctx.clone(), req, Some(activity.request_started()))
+    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        use http_body::Body as _;
+        let guard = activity.request_started(!req.body().is_end_stream());
+        let req = req.map(|body| Downstream::watched(body, activity.body_end()));
+        handle(ctx.clone(), req, Some(guard))
     });
     let conn = fallback
         .serve_connection(TokioIo::new(PrefixedIo::new(buf, io)), svc)
@@ -237,10 +240,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 return Some(Next::Other);
             };
             let mut close = false;
+            let mut length = false;
             for h in req.headers.iter() {
                 match simple_header(h.name, h.value) {
                     Some(c) => close |= c,
                     None => return Some(Next::Other),
+                }
+                if eq_lower(h.name.as_bytes(), b"content-length") {
+                    // NOTE: only `0` gets here; repeated, it goes upstream once (as hyper does).
+                    if std::mem::replace(&mut length, true) {
+                        continue;
+                    }
                 }
                 let (ns, nl) = at(h.name.as_bytes());
                 let (vs, vl) = at(h.value);
@@ -328,8 +338,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         out.extend_from_slice(b"\r\n");
         let mut length = None;
         let mut date = false;
+        // NOTE: a 204 or 1xx has no length to state (RFC 9110, section 8.6).
+        let lengthless = status == StatusCode::NO_CONTENT || status.is_informational();
         for (name, value) in &parts.headers {
             if name == header::CONTENT_LENGTH {
+                if lengthless {
+                    continue;
+                }
                 match parse_decimal(value.as_bytes().trim_ascii()) {
                     Some(n) if length.is_none_or(|m| m == n) => {
                         if length.is_some() {
@@ -417,6 +432,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                     if let (Framing::Chunked, Ok(trailers)) = (framing, frame.into_trailers()) {
                         self.out.extend_from_slice(b"0\r\n");
                         for (name, value) in &trailers {
+                            if crate::http::headers::forbidden_trailer(name) {
+                                continue;
+                            }
                             put_header(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
                         }
                         self.out.extend_from_slice(b"\r\n");

@@ -68,6 +68,8 @@ pin_project_lite::pin_project! {
 pub struct Activity {
     touched: AtomicBool,
     phase: AtomicU8,
+    /// Whether the request under way has a body not yet read to its end.
+    body_open: AtomicBool,
 }
 
 /// Between requests: no byte of the next one has come.
@@ -80,6 +82,10 @@ const BUSY: u8 = 2;
 const CUT: u8 = 3;
 /// Cut, and the 408 written.
 const CLOSED: u8 = 4;
+/// A response ended before its request's body was read to the end (an app that answers an
+/// upload early): bytes read are the rest of that body, drained by hyper's server, not a head.
+/// The head timeout does not run until the next request starts; the idle timeout does.
+const DRAIN: u8 = 5;
 
 /// The answer to a client whose request head did not arrive in time.
 const REQUEST_TIMEOUT: &[u8] =
@@ -88,6 +94,10 @@ const REQUEST_TIMEOUT: &[u8] =
 /// Ends a request's [`Activity::request_started`] when dropped (with its response body).
 #[derive(Debug)]
 pub struct RequestGuard(Arc<Activity>);
+
+/// Told by a request body when it has been read to its end (see [`Activity::request_started`]).
+#[derive(Debug, Clone)]
+pub struct BodyEnd(Arc<Activity>);
 
 /// Resolves once the stream behind `activity` has moved no byte for at least `idle` (and at most
 /// twice that): a flag instead of a clock read keeps the data path free of syscalls.
@@ -108,13 +118,22 @@ impl Activity {
         Arc::new(Self {
             touched: AtomicBool::new(true),
             phase: AtomicU8::new(WAITING),
+            body_open: AtomicBool::new(false),
         })
     }
 
     /// A request head has been read whole and dispatched; the returned guard ends the request.
-    pub fn request_started(self: &Arc<Self>) -> RequestGuard {
+    /// With a body, its [`BodyEnd`] (from [`Activity::body_end`]) must be told when the body has
+    /// been read whole: a response that ends before then leaves the connection draining it.
+    pub fn request_started(self: &Arc<Self>, has_body: bool) -> RequestGuard {
+        self.body_open.store(has_body, Ordering::Relaxed);
         self.phase.store(BUSY, Ordering::Relaxed);
         RequestGuard(self.clone())
+    }
+
+    /// The handle a request body tells its end through.
+    pub fn body_end(self: &Arc<Self>) -> BodyEnd {
+        BodyEnd(self.clone())
     }
 
     /// Whether part of a request head has come and the head is not complete yet.
@@ -149,10 +168,24 @@ impl Activity {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        let _ = self
-            .0
+        let a = &self.0;
+        let next = if a.body_open.load(Ordering::Relaxed) {
+            DRAIN
+        } else {
+            WAITING
+        };
+        let _ = a
             .phase
-            .compare_exchange(BUSY, WAITING, Ordering::Relaxed, Ordering::Relaxed);
+            .compare_exchange(BUSY, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+// === impl BodyEnd ===
+
+impl BodyEnd {
+    /// The request's body has been read to its end.
+    pub fn ended(&self) {
+        self.0.body_open.store(false, Ordering::Relaxed);
     }
 }
 
@@ -457,12 +490,13 @@ mod tests {
         let _ = io.read(&mut buf).await.unwrap();
         assert!(activity.reading_head(), "part of a head");
 
-        let guard = activity.request_started();
+        let guard = activity.request_started(true);
         assert!(!activity.reading_head());
         b.write_all(b"body bytes").await.unwrap();
         let _ = io.read(&mut buf).await.unwrap();
         assert!(!activity.reading_head(), "a body is not a head");
 
+        activity.body_end().ended();
         drop(guard);
         assert!(!activity.reading_head(), "between requests");
         b.write_all(b"G").await.unwrap();
@@ -470,16 +504,37 @@ mod tests {
         assert!(activity.reading_head(), "the next head");
     }
 
+    #[tokio::test]
+    async fn bytes_after_an_early_response_are_the_body_not_a_head() {
+        let (a, mut b) = tokio::io::duplex(256);
+        let activity = Activity::new();
+        let mut io = IdleIo::new(a, activity.clone());
+        let mut buf = [0u8; 64];
+        // The response ends (its guard drops) while the body is still coming.
+        let guard = activity.request_started(true);
+        drop(guard);
+        b.write_all(b"rest of the body").await.unwrap();
+        let _ = io.read(&mut buf).await.unwrap();
+        assert!(!activity.reading_head(), "still the body: no head timer");
+
+        // The next request starts as usual, and bytes after its end start a head.
+        let guard = activity.request_started(false);
+        drop(guard);
+        b.write_all(b"G").await.unwrap();
+        let _ = io.read(&mut buf).await.unwrap();
+        assert!(activity.reading_head());
+    }
+
     #[test]
     fn a_pipelined_head_is_pending_only_once_its_request_before_ends() {
         let activity = Activity::new();
-        let guard = activity.request_started();
+        let guard = activity.request_started(false);
         activity.head_pending();
         assert!(!activity.reading_head(), "the request before is still busy");
         drop(guard);
         activity.head_pending();
         assert!(activity.reading_head(), "the buffered head is being read");
-        let _next = activity.request_started();
+        let _next = activity.request_started(false);
         assert!(!activity.reading_head());
     }
 

@@ -196,11 +196,29 @@ impl Connector {
     async fn send_h1_hyper(
         &self,
         ep: &Endpoint,
-        req: Request<SendBody>,
+        mut req: Request<SendBody>,
     ) -> Result<Response<UpstreamBody>, BoxError> {
+        let body = req.body();
+        if !body.is_end_stream()
+            && body.size_hint().exact().is_none()
+            && matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+            && !req.headers().contains_key(http::header::CONTENT_LENGTH)
+        {
+            // NOTE: hyper's client sends no body of unknown length on a GET or a HEAD unless told
+            // to frame it: a chunked body on one is passed on chunked, not dropped.
+            req.headers_mut().insert(
+                http::header::TRANSFER_ENCODING,
+                http::HeaderValue::from_static("chunked"),
+            );
+        }
+        let asked_upgrade = req.headers().contains_key(http::header::UPGRADE);
         let (tx, rsp) = self
             .send_on::<http1::SendRequest<SendBody>>(ep, req)
             .await?;
+        if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS && !asked_upgrade {
+            // The connection speaks something else now: dropped with the response.
+            return Err(Box::new(h1::Malformed::UnaskedUpgrade));
+        }
         let checkin = if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             // The connection now belongs to the tunnel.
             None

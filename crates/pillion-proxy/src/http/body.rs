@@ -2,11 +2,14 @@
 //! sent upstream, each counting bytes for the access log when it is on.
 
 use super::log::PendingLog;
-use crate::{io::RequestGuard, pool::UpstreamBody};
+use crate::{
+    io::{BodyEnd, RequestGuard},
+    pool::UpstreamBody,
+};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use pillion_layers::{limit, BoxError};
+use pillion_layers::{error::DownstreamBodyError, limit, BoxError};
 use pillion_telemetry::HttpStats;
 use std::future::Future;
 use std::{
@@ -15,7 +18,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
     time::Duration,
 };
 use tokio::time::{Instant, Sleep};
@@ -77,14 +80,25 @@ pin_project_lite::pin_project! {
     /// request the proxy's own HTTP/1.1 server read has no body).
     #[project = DownstreamProj]
     pub enum Downstream {
-        Hyper { #[pin] body: Incoming },
+        Hyper { #[pin] body: Incoming, end: Option<BodyEnd> },
         Empty,
     }
 }
 
 impl From<Incoming> for Downstream {
     fn from(body: Incoming) -> Self {
-        Self::Hyper { body }
+        Self::Hyper { body, end: None }
+    }
+}
+
+impl Downstream {
+    /// hyper's body of an HTTP/1 request, which tells `end` when it has been read whole (so
+    /// bytes after an early response are known to be the rest of it, not the next request).
+    pub fn watched(body: Incoming, end: BodyEnd) -> Self {
+        Self::Hyper {
+            body,
+            end: Some(end),
+        }
     }
 }
 
@@ -238,15 +252,26 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = DownstreamBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, DownstreamBodyError>>> {
         let this = self.project();
         let res = match this.inner.project() {
-            DownstreamProj::Hyper { body } => body.poll_frame(cx),
+            // NOTE: marked as the client's, so the upstream try it breaks is not held against
+            // the endpoint, not retried, and answered 400.
+            DownstreamProj::Hyper { mut body, end } => {
+                let frame = ready!(body.as_mut().poll_frame(cx));
+                if let Some(end) = end
+                    .as_ref()
+                    .filter(|_| frame.is_none() || body.is_end_stream())
+                {
+                    end.ended();
+                }
+                Poll::Ready(frame.map(|f| f.map_err(|e| DownstreamBodyError(Box::new(e)))))
+            }
             DownstreamProj::Empty => return Poll::Ready(None),
         };
         if let (Some(c), Poll::Ready(Some(Ok(f)))) = (this.received, &res) {
@@ -260,14 +285,14 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Downstream::Hyper { body } => body.is_end_stream(),
+            Downstream::Hyper { body, .. } => body.is_end_stream(),
             Downstream::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Downstream::Hyper { body } => body.size_hint(),
+            Downstream::Hyper { body, .. } => body.size_hint(),
             Downstream::Empty => SizeHint::with_exact(0),
         }
     }

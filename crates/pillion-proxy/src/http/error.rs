@@ -5,7 +5,8 @@ use crate::cluster::NoEndpoint;
 use http::{header, HeaderName, HeaderValue, Response, StatusCode};
 use pillion_layers::{
     error::{
-        classify_dyn, find, Elapsed, FailureKind, FaultAbort, Overloaded, RateLimited, TimeoutKind,
+        classify_dyn, find, DownstreamBodyError, Elapsed, FailureKind, FaultAbort, Overloaded,
+        RateLimited, TimeoutKind,
     },
     limit,
 };
@@ -55,13 +56,23 @@ pub enum ProxyError {
     /// The TLS handshake with the upstream failed (including a wrong server identity).
     #[error("the TLS handshake with the upstream failed")]
     UpstreamTls,
+    /// The request is malformed: no `Host` or several, an invalid one, or a request target its
+    /// method does not allow (RFC 9112, section 3).
+    #[error("malformed request")]
+    BadRequest,
+    /// The client's request body was malformed or cut off while it was being sent upstream.
+    #[error("the request body was malformed or cut off")]
+    BadRequestBody,
+    /// `CONNECT`: the proxy opens no tunnels to arbitrary hosts.
+    #[error("CONNECT is not supported")]
+    ConnectUnsupported,
 }
 
 // === impl ProxyError ===
 
 impl ProxyError {
     /// How many reasons there are (see [`ProxyError::index`]).
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 16;
 
     /// Every reason, in [`ProxyError::index`] order.
     pub const REASONS: [&'static str; Self::COUNT] = [
@@ -78,6 +89,9 @@ impl ProxyError {
         "fault-injected",
         "denied",
         "upstream-tls-failure",
+        "bad-request",
+        "bad-request-body",
+        "connect-unsupported",
     ];
 
     /// The position of this reason in [`ProxyError::REASONS`], for per-reason counters.
@@ -96,6 +110,9 @@ impl ProxyError {
             Self::FaultInjected(_) => 10,
             Self::Denied => 11,
             Self::UpstreamTls => 12,
+            Self::BadRequest => 13,
+            Self::BadRequestBody => 14,
+            Self::ConnectUnsupported => 15,
         }
     }
 
@@ -103,6 +120,9 @@ impl ProxyError {
     /// failures are told apart; local decisions (timeouts, limits) are looked for first, as
     /// they may wrap an upstream error.
     pub fn from_error(err: &(dyn std::error::Error + 'static)) -> Self {
+        if find::<DownstreamBodyError>(err).is_some() {
+            return Self::BadRequestBody;
+        }
         if let Some(e) = find::<Elapsed>(err) {
             return match e.kind {
                 TimeoutKind::Request => Self::RequestTimeout,
@@ -150,6 +170,8 @@ impl ProxyError {
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::FaultInjected(s) => s,
             Self::Denied => StatusCode::FORBIDDEN,
+            Self::BadRequest | Self::BadRequestBody => StatusCode::BAD_REQUEST,
+            Self::ConnectUnsupported => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -170,6 +192,8 @@ impl ProxyError {
             Self::RateLimited => "RL",
             Self::FaultInjected(_) => "FI",
             Self::Denied => "DN",
+            // Envoy's "downstream protocol error".
+            Self::BadRequest | Self::BadRequestBody | Self::ConnectUnsupported => "DPE",
         }
     }
 
@@ -205,6 +229,9 @@ mod tests {
                 "fault-injected",
             ),
             (ProxyError::Denied, 403, "denied"),
+            (ProxyError::BadRequest, 400, "bad-request"),
+            (ProxyError::BadRequestBody, 400, "bad-request-body"),
+            (ProxyError::ConnectUnsupported, 405, "connect-unsupported"),
         ] {
             let rsp = e.into_response();
             assert_eq!(rsp.status().as_u16(), status);

@@ -24,7 +24,9 @@ pub struct Rewrite {
 }
 
 /// Removes the hop-by-hop headers: those named in `Connection` and the fixed set that HTTP/2
-/// forbids. `TE: trailers` is kept, as gRPC needs it end to end.
+/// forbids. `TE: trailers` is kept, as gRPC needs it end to end, and so is `Host` whatever
+/// `Connection` names (a request without it is malformed). A `Content-Length` beside a
+/// `Transfer-Encoding` goes too: it does not describe the body passed on (RFC 9112, section 6.3).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of these: one pass over the names (standard names compare
     // without hashing) avoids the hashed removals.
@@ -42,10 +44,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .collect();
         headers.remove(header::CONNECTION);
         for name in listed {
-            if name != header::TE {
+            if name != header::TE && name != header::HOST {
                 headers.remove(name);
             }
         }
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
     }
     for name in &ALWAYS_HOP {
         headers.remove(name);
@@ -55,6 +60,54 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(header::TE);
         }
     }
+}
+
+/// Whether a field may not be sent as a trailer: framing, routing, request modifiers,
+/// authentication and content handling (RFC 9110, section 6.5.1; the list hyper's server
+/// filters), and the hop-by-hop fields.
+pub fn forbidden_trailer(name: &HeaderName) -> bool {
+    use header::*;
+    [
+        AUTHORIZATION,
+        CACHE_CONTROL,
+        CONTENT_ENCODING,
+        CONTENT_LENGTH,
+        CONTENT_RANGE,
+        CONTENT_TYPE,
+        HOST,
+        MAX_FORWARDS,
+        SET_COOKIE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        TE,
+        CONNECTION,
+        UPGRADE,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+    ]
+    .contains(name)
+}
+
+/// Whether a `Host` value is `uri-host [":" port]`: the characters of a registered name, an
+/// IPv4 or a bracketed IPv6 address and a port (RFC 3986); no space, `/`, `@`, `?` or `#`.
+pub fn valid_host(value: &[u8]) -> bool {
+    // NOTE: a table, one load per byte: this runs on every HTTP/1 request.
+    const HOST_BYTES: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            t[b] = (b as u8).is_ascii_alphanumeric();
+            b += 1;
+        }
+        let extra = b"-._~%!$&'()*+,;=:[]";
+        let mut i = 0;
+        while i < extra.len() {
+            t[extra[i] as usize] = true;
+            i += 1;
+        }
+        t
+    };
+    value.iter().all(|&b| HOST_BYTES[usize::from(b)])
 }
 
 /// Whether a request asks for an HTTP/1.1 upgrade; returns the `Upgrade` value to pass on.
@@ -184,6 +237,55 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["host", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn host_survives_connection_and_a_length_goes_with_a_transfer_coding() {
+        let mut h = map(&[
+            ("connection", "host, x-hop"),
+            ("host", "example.com"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "3"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["host"]);
+    }
+
+    #[test]
+    fn framing_and_routing_fields_are_no_trailers() {
+        for name in [
+            "content-length",
+            "host",
+            "transfer-encoding",
+            "connection",
+            "trailer",
+        ] {
+            assert!(forbidden_trailer(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in ["grpc-status", "grpc-message", "x-checksum"] {
+            assert!(!forbidden_trailer(&HeaderName::from_static(name)), "{name}");
+        }
+    }
+
+    #[test]
+    fn host_values() {
+        for ok in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:1",
+            "[::1]:80",
+            "a_b-c.d",
+            "",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok:?}");
+        }
+        for bad in [
+            "a b", "a/b", "u@host", "host?x", "host#f", "h\tx", "h\u{e9}",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
     }
 
     #[test]

@@ -94,6 +94,14 @@ pub async fn handle<B: Into<Downstream>>(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let l = &*ctx.listener;
+    // NOTE: hop-by-hop fields go before the proxy adds its own, so a `Connection` header cannot
+    // name away the request id or trace context the proxy sets.
+    let upgrade = match req.version() {
+        http::Version::HTTP_11 => headers::upgrade_request(req.headers()),
+        _ => None,
+    };
+    headers::strip_hop_by_hop(req.headers_mut());
+    let malformed = check_request(&mut req).err();
     let ids = ids::apply(req.headers_mut(), l.request_id, l.trace_context);
     let mut log = l
         .access_log
@@ -104,7 +112,7 @@ pub async fn handle<B: Into<Downstream>>(
     // path, so `/x/../admin` or `/%61dmin` cannot reach an `/admin` route around its policy.
     let bad_path = ctx.table.normalize_paths && !normalize_path(&mut req);
     let limited = l.rate_limit.as_ref().is_some_and(|b| !b.try_acquire());
-    let route = if limited || bad_path {
+    let route = if limited || bad_path || malformed.is_some() {
         None
     } else {
         ctx.table.route(&req)
@@ -123,12 +131,13 @@ pub async fn handle<B: Into<Downstream>>(
     let denied = bad_path
         || (!limited && (!allowed(&l.policy) || route.is_some_and(|r| !allowed(&r.policy))));
     let result = match target {
+        _ if let Some(e) = malformed => Err(e),
         _ if denied => Err(ProxyError::Denied),
         None if limited => Err(ProxyError::RateLimited),
         None => Err(ProxyError::NoRoute),
         Some((route, target)) => {
             let received = log.as_ref().map(|l| l.received.clone());
-            forward(&ctx, route, target, req, received, &mut upstream).await
+            forward(&ctx, route, target, req, upgrade, received, &mut upstream).await
         }
     };
     let mut rsp = match result {
@@ -171,6 +180,64 @@ pub async fn handle<B: Into<Downstream>>(
         rsp.body_mut().set_request(request);
     }
     Ok(rsp)
+}
+
+/// Refuses what no request may be (RFC 9112, section 3): `CONNECT` (the proxy opens no tunnels
+/// to arbitrary hosts), a request target its method does not allow (`*` but for `OPTIONS`, the
+/// authority form, a scheme other than `http`/`https`, user info), and on HTTP/1 a missing (on
+/// 1.1), repeated or invalid `Host`. A target with an authority (the absolute form, or HTTP/2's
+/// `:authority`) replaces `Host`, so routing, policies and the app all see the same host.
+fn check_request<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
+    use http::{header::HOST, Method, Version};
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::ConnectUnsupported);
+    }
+    let uri = req.uri();
+    let authority = match (uri.scheme_str(), uri.authority()) {
+        (None, None) if uri.path() == "*" && req.method() != Method::OPTIONS => {
+            return Err(ProxyError::BadRequest)
+        }
+        (None, None) => None,
+        (Some("http" | "https"), Some(a))
+            if !a.host().is_empty() && !a.as_str().contains('@') && valid_port(a) =>
+        {
+            Some(a)
+        }
+        // The authority form (CONNECT's only), another scheme, user info, an empty host, a port
+        // past 65535.
+        _ => return Err(ProxyError::BadRequest),
+    };
+    if req.version() < Version::HTTP_2 {
+        let mut hosts = req.headers().get_all(HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (_, Some(_)) => return Err(ProxyError::BadRequest),
+            (None, None) if req.version() == Version::HTTP_11 => {
+                return Err(ProxyError::BadRequest)
+            }
+            (Some(host), None) if !headers::valid_host(host.as_bytes()) => {
+                return Err(ProxyError::BadRequest)
+            }
+            _ => {}
+        }
+    }
+    if let Some(a) = authority {
+        let host = HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadRequest)?;
+        req.headers_mut().insert(HOST, host);
+    }
+    Ok(())
+}
+
+/// Whether the authority's port, if it has one, is a number a port can be (an empty one may be).
+fn valid_port(a: &http::uri::Authority) -> bool {
+    // NOTE: the part after the host; an IPv6 address keeps its colons inside brackets.
+    let after_host = a
+        .as_str()
+        .rsplit_once(']')
+        .map_or(a.as_str(), |(_, rest)| rest);
+    match after_host.rsplit_once(':') {
+        Some((_, "")) | None => true,
+        Some((_, port)) => port.parse::<u16>().is_ok(),
+    }
 }
 
 /// Rewrites the request's path to its normalized form (see
@@ -243,18 +310,14 @@ async fn forward<B: Into<Downstream>>(
     route: &Route,
     target: &Target,
     mut req: Request<B>,
+    upgrade: Option<HeaderValue>,
     received: Option<Arc<std::sync::atomic::AtomicU64>>,
     upstream: &mut Upstream,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let upgrade = match req.version() {
-        http::Version::HTTP_11 => headers::upgrade_request(req.headers()),
-        _ => None,
-    };
     let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
     let h = &mut parts.headers;
-    headers::strip_hop_by_hop(h);
     if ctx.listener.forwarded_headers {
         headers::set_forwarded(h, &ctx.client_ip, ctx.scheme);
     }
