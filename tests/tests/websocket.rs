@@ -220,3 +220,56 @@ clusters:
     assert!(all.starts_with("HTTP/1.1 200"), "{all}");
     assert!(all.ends_with("plain /second"), "{all}");
 }
+
+#[tokio::test]
+async fn an_upgraded_connection_that_moves_nothing_is_closed_at_the_idle_timeout() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let upstream = websocket_echo(seen).await;
+    let listen = free_addr();
+    let _proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: ws
+    address: {listen}
+    protocol: http
+    idle_timeout: 1s
+    cluster: ws
+clusters:
+  - name: ws
+    endpoints: [{}]
+"#,
+        upstream.addr()
+    ))
+    .await;
+
+    let mut tcp = TcpStream::connect(listen).await.unwrap();
+    tcp.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: ws.local\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: a2V5\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (head, _) = read_response_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+
+    // Traffic every 300ms for about two idle periods: the tunnel stays open.
+    let started = std::time::Instant::now();
+    for i in 0..7 {
+        let msg = format!("ping-{i}");
+        tcp.write_all(msg.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        within("an echo while traffic flows", tcp.read_exact(&mut back))
+            .await
+            .unwrap();
+        assert_eq!(back, msg.as_bytes());
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+
+    // Then silence: the proxy closes the tunnel (EOF) within two idle periods or so.
+    let mut buf = [0u8; 16];
+    let n = within("the proxy closing the idle tunnel", tcp.read(&mut buf))
+        .await
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed, nothing sent: {:?}", &buf[..n]);
+}

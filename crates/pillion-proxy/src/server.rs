@@ -592,6 +592,7 @@ impl Listener {
             request_id: cfg.request_id,
             trace_context: cfg.trace_context,
             forwarded_headers: cfg.forwarded_headers,
+            idle_timeout: cfg.idle_timeout.0,
             access_log,
             policy,
             rate_limit: cfg.rate_limit.map(|r| {

@@ -42,6 +42,8 @@ pub struct HttpListener {
     pub trace_context: bool,
     /// Append `x-forwarded-for`, set `x-forwarded-proto`.
     pub forwarded_headers: bool,
+    /// How long an upgraded connection (a WebSocket tunnel) may move no byte either way.
+    pub idle_timeout: Duration,
     /// The access log, when on.
     pub access_log: Option<AccessLog>,
     /// The listener-wide rate limit.
@@ -383,7 +385,8 @@ async fn forward<B: Into<Downstream>>(
     if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         if let Some(downstream) = downstream_upgrade {
             let upstream = hyper::upgrade::on(&mut rsp);
-            ctx.tasks.spawn(tunnel(downstream, upstream));
+            ctx.tasks
+                .spawn(tunnel(downstream, upstream, ctx.listener.idle_timeout));
             let (parts, body) = rsp.into_parts();
             return Ok(Response::from_parts(parts, body.into()));
         }
@@ -404,13 +407,27 @@ pub const ATTEMPTS_HEADER: http::HeaderName = http::HeaderName::from_static("x-p
 
 /// Joins the two halves of an upgraded connection (e.g. a WebSocket) until both sides close,
 /// with the TCP relay's buffers (small while quiet, growing under bulk transfer).
-async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+///
+/// The listener's `idle_timeout` closes a tunnel that moves no byte either way for that long, as
+/// it closes any downstream connection.
+async fn tunnel(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle_timeout: Duration,
+) {
     match tokio::try_join!(downstream, upstream) {
         Ok((d, u)) => {
-            let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
-            match crate::tcp::copy_bidirectional(&mut d, &mut u).await {
-                Ok((rx, tx)) => debug!(rx, tx, "upgraded connection closed"),
-                Err(err) => debug!(%err, "upgraded connection ended with an error"),
+            let activity = crate::io::Activity::new();
+            let mut d = crate::io::IdleIo::new(TokioIo::new(d), activity.clone());
+            let mut u = TokioIo::new(u);
+            tokio::select! {
+                res = crate::tcp::copy_bidirectional(&mut d, &mut u) => match res {
+                    Ok((rx, tx)) => debug!(rx, tx, "upgraded connection closed"),
+                    Err(err) => debug!(%err, "upgraded connection ended with an error"),
+                },
+                () = crate::io::idle(&activity, idle_timeout) => {
+                    debug!(?idle_timeout, "upgraded connection idle: closing");
+                }
             }
         }
         Err(err) => debug!(%err, "upgrade failed"),
