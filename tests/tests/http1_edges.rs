@@ -402,6 +402,24 @@ async fn a_request_lost_on_a_closing_pooled_connection_is_resent_unless_it_has_a
         1,
         "the second POST was sent once: {got:?}"
     );
+
+    // A GET after a POST goes out on the connection hyper's client pooled for the POST; lost
+    // there, it is sent again too.
+    let (upstream, log) = one_answer_per_connection().await;
+    let (_proxy, listen) = proxy_to(&upstream).await;
+    let mut client = H1Client::connect(listen).await;
+    let first = client.request(post("/first", b"one")).await;
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    let get = client.get("http://svc/after-post").await;
+    assert_eq!(get.status, StatusCode::OK, "{get:?}");
+    let got = seen(&log);
+    assert_eq!(
+        got.iter()
+            .filter(|s| s.request_line().starts_with("GET /after-post "))
+            .count(),
+        2,
+        "lost once on the pooled connection, then answered on a new one: {got:?}"
+    );
 }
 
 // === request bodies ===

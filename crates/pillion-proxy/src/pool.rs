@@ -166,15 +166,31 @@ impl Connector {
     pub(crate) async fn send_h1(
         &self,
         ep: &Endpoint,
-        req: Request<SendBody>,
+        mut req: Request<SendBody>,
     ) -> Result<Response<UpstreamBody>, BoxError> {
         if h1::can_send(&req) {
             // An idle connection of the own client, else one of hyper's, else a new one; again
-            // on another when a reused one had closed before any of the request was written.
+            // on another when a reused one had closed before any of the request was written, or
+            // (an idempotent request) before any of the response came.
             loop {
                 let (conn, reused) = match ep.pool.checkout_own() {
                     Some(conn) => (conn, true),
-                    None if ep.pool.has_idle_h1() => break,
+                    None if ep.pool.has_idle_h1() => {
+                        // NOTE: hyper's client consumes the request; a request without a body
+                        // is copied (rarely: the own client serves most of them) to go again.
+                        let again = req.method().is_idempotent().then(|| bodyless_copy(&req));
+                        match Box::pin(self.send_h1_hyper(ep, req)).await {
+                            Err(e) if e.is::<LostOnReuse>() => match again {
+                                Some(copy) => {
+                                    debug!(endpoint = %ep.addr, "pooled connection closed with no answer; sending again");
+                                    req = copy;
+                                    continue;
+                                }
+                                None => return Err(e),
+                            },
+                            done => return done,
+                        }
+                    }
                     // NOTE: boxed to keep the per-request future small; connecting is rare.
                     None => (H1Conn::new(Box::pin(self.open(ep)).await?), false),
                 };
@@ -252,7 +268,14 @@ impl Connector {
                         S::closed(&ep.pool);
                         req = unsent;
                     }
-                    _ => return Err(e.into_error().into()),
+                    _ => {
+                        let e = e.into_error();
+                        return Err(if reused && e.is_incomplete_message() {
+                            Box::new(LostOnReuse(e))
+                        } else {
+                            e.into()
+                        });
+                    }
                 },
             }
         }
@@ -350,6 +373,25 @@ impl Connector {
 // === impl Sender ===
 
 /// An upstream connection's sending half, HTTP/1.1 or HTTP/2, as [`Connector::send_on`] uses it.
+/// A reused connection closed after the request went out and before a response came back:
+/// usually the upstream closing an idle connection as the request arrived (the keep-alive race).
+#[derive(Debug, thiserror::Error)]
+#[error("the pooled connection closed before a response: {0}")]
+struct LostOnReuse(#[source] hyper::Error);
+
+/// A request without a body, copied to go again: method, target, version and headers.
+fn bodyless_copy(req: &Request<SendBody>) -> Request<SendBody> {
+    let mut copy = Request::new(ReplayBody::passthrough(RequestBody::new(
+        crate::http::NoBody,
+        None,
+    )));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
 trait Sender: Sized + Send {
     /// A connection for `ep`, and whether it was reused (so a refusal may be retried).
     fn get(
