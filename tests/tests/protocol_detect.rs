@@ -237,3 +237,47 @@ async fn tls_client_hello_is_relayed_as_opaque_bytes() {
         )
         .await;
 }
+
+#[tokio::test]
+async fn a_request_line_split_past_the_detect_timeout_is_still_http() {
+    // Relayed as opaque bytes, a request dripped past the timeout would reach the app around
+    // the routes and their policies; the start of a request keeps it HTTP.
+    let (echo, raw) = (Echo::named("http").await, tcp_echo().await);
+    let listen = free_addr();
+    let _proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: auto
+    address: {listen}
+    protocol: auto
+    detect_timeout: 200ms
+    cluster: raw
+    routes:
+      - name: web
+        match:
+          prefix: /
+        cluster: web
+clusters:
+  - name: web
+    endpoints: [{}]
+  - name: raw
+    endpoints: [{}]
+"#,
+        echo.addr(),
+        raw.addr()
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(listen).await.unwrap();
+    tcp.write_all(b"GET /spl").await.unwrap();
+    // Past the detect timeout (no timer in the proxy to wait on: its verdict comes at 200ms).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tcp.write_all(b"it HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = pillion_tests::net::read_response_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-echo-server: http"),
+        "served by the HTTP route, not relayed: {head}"
+    );
+}

@@ -9,7 +9,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// The HTTP/2 connection preface (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// The longest HTTP/1 request line detection waits for before calling the stream opaque.
+/// The longest HTTP/1 request line detection waits for: a longer one that is a method and a
+/// target so far is HTTP (the server answers 414), not opaque.
 const MAX_REQUEST_LINE: usize = 8 * 1024;
 
 /// What a connection speaks.
@@ -70,8 +71,12 @@ fn classify_http1(buf: &[u8]) -> Verdict {
         let bad = buf[method_len + 1..]
             .iter()
             .any(|&b| b.is_ascii_control() && b != b'\r');
-        return if bad || buf.len() >= MAX_REQUEST_LINE {
+        return if bad {
             opaque
+        } else if buf.len() >= MAX_REQUEST_LINE {
+            // NOTE: not opaque, or a long enough request line would reach the app around the
+            // routes and their policies.
+            Verdict::Known(Detected::Http1)
         } else {
             Verdict::NeedMore
         };
@@ -95,6 +100,11 @@ fn is_tchar(b: u8) -> bool {
 
 /// Reads from `io` until its protocol is known or `timeout` passes. Returns the verdict and the
 /// bytes read, which the caller must replay in front of the stream.
+///
+/// At the timeout, a client that sent nothing is [`Detected::Timeout`] (a server-speaks-first
+/// protocol), and one whose bytes so far start an HTTP request (a method, a target, part of the
+/// HTTP/2 preface) is HTTP: its head timeout bounds the rest. A client that splits or drips its
+/// request line must not get around the routes and their policies as opaque bytes.
 pub async fn detect<I: AsyncRead + Unpin>(
     io: &mut I,
     timeout: std::time::Duration,
@@ -107,10 +117,12 @@ pub async fn detect<I: AsyncRead + Unpin>(
         }
         match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
             Err(_elapsed) => {
+                // NOTE: bytes that settled the question returned below; what is here is empty or
+                // the start of an HTTP request.
                 let d = if buf.is_empty() {
                     Detected::Timeout
                 } else {
-                    Detected::Opaque
+                    Detected::Http1
                 };
                 return Ok((d, buf));
             }
@@ -278,14 +290,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn partial_bytes_then_silence_is_opaque() {
+    async fn the_start_of_a_request_then_silence_is_http() {
         use tokio::io::AsyncWriteExt;
-        let (mut a, mut b) = tokio::io::duplex(64);
-        b.write_all(b"GET").await.unwrap();
-        let (d, buf) = detect(&mut a, std::time::Duration::from_millis(200))
-            .await
-            .unwrap();
-        assert_eq!(d, Opaque);
-        assert_eq!(&buf[..], b"GET");
+        // A request line split or dripped past the timeout stays HTTP (its head timeout bounds
+        // it), so it cannot reach the app as opaque bytes around the routes' policies.
+        for start in [&b"GET"[..], b"GET /admin/sec", b"PRI * HTTP/2"] {
+            let (mut a, mut b) = tokio::io::duplex(64);
+            b.write_all(start).await.unwrap();
+            let (d, buf) = detect(&mut a, std::time::Duration::from_millis(200))
+                .await
+                .unwrap();
+            assert_eq!(d, Http1, "{start:?}");
+            assert_eq!(&buf[..], start);
+        }
+    }
+
+    #[test]
+    fn a_long_request_line_is_http_and_not_opaque() {
+        let mut line = b"GET /".to_vec();
+        line.resize(MAX_REQUEST_LINE + 1, b'a');
+        assert_eq!(known(&line), Some(Http1));
+        line.push(0);
+        assert_eq!(known(&line), Some(Opaque), "a control byte in the target");
     }
 }
