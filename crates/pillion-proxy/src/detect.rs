@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The longest HTTP/1 request line detection waits for: a longer one that is a method and a
-/// target so far is HTTP (the server answers 414), not opaque.
+/// target so far is HTTP (served, or 414 past the HTTP server's limit), not opaque.
 const MAX_REQUEST_LINE: usize = 8 * 1024;
 
 /// What a connection speaks.
