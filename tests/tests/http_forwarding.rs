@@ -326,3 +326,51 @@ async fn repeated_x_forwarded_for_headers_keep_every_hop() {
         "x-forwarded-for must append to all earlier hops: {seen:?}"
     );
 }
+
+#[tokio::test]
+async fn http2_names_its_host_once_and_validly_and_authority_wins() {
+    let s = setup().await;
+    // hyper's client sends no request without `:authority`; the h2 crate's does.
+    let tcp = tokio::net::TcpStream::connect(s.inbound).await.unwrap();
+    let (mut raw, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    // No `:authority`, and no Host (nothing names the host); two Host fields; one that is no
+    // host.
+    // And an asterisk target, which is for OPTIONS only.
+    for (path, hosts) in [
+        ("/x", &[][..]),
+        ("/x", &["a.test", "b.test"]),
+        ("/x", &["b.test/evil"]),
+        ("*", &["a.test"]),
+    ] {
+        let mut r = http::Request::get(path);
+        for h in hosts {
+            r = r.header("host", *h);
+        }
+        raw = raw.ready().await.expect("ready");
+        let (rsp, _) = raw.send_request(r.body(()).unwrap(), true).expect("send");
+        let rsp = pillion_tests::within("a response", rsp)
+            .await
+            .expect("response");
+        assert_eq!(
+            rsp.status(),
+            StatusCode::BAD_REQUEST,
+            "{path} {hosts:?}: {rsp:?}"
+        );
+        assert_eq!(rsp.headers()["x-pillion-error"], "bad-request");
+    }
+    drop(raw);
+    conn.abort();
+
+    let h2 = H2Client::connect(s.inbound).await;
+    // `:authority` and a Host that disagrees: routing and the app both get the authority.
+    let reply = h2
+        .request(
+            req("GET", "http://a.test/x")
+                .header("host", "b.test")
+                .body(full(""))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.echo().header("host"), Some("a.test"), "{reply:?}");
+}

@@ -186,8 +186,8 @@ pub async fn handle<B: Into<Downstream>>(
 
 /// Refuses what no request may be (RFC 9112, section 3): `CONNECT` (the proxy opens no tunnels
 /// to arbitrary hosts), a request target its method does not allow (`*` but for `OPTIONS`, the
-/// authority form, a scheme other than `http`/`https`, user info), and on HTTP/1 a missing (on
-/// 1.1), repeated or invalid `Host`. A target with an authority (the absolute form, or HTTP/2's
+/// authority form, a scheme other than `http`/`https`, user info), a repeated or invalid
+/// `Host`, and a missing one (on HTTP/1.1, and on HTTP/2 without `:authority`). A target with an authority (the absolute form, or HTTP/2's
 /// `:authority`) replaces `Host`, so routing, policies and the app all see the same host.
 fn check_request<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
     use http::{header::HOST, Method, Version};
@@ -195,10 +195,11 @@ fn check_request<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
         return Err(ProxyError::ConnectUnsupported);
     }
     let uri = req.uri();
+    // NOTE: on HTTP/2 an asterisk `:path` comes with a scheme and an authority.
+    if uri.path() == "*" && req.method() != Method::OPTIONS {
+        return Err(ProxyError::BadRequest);
+    }
     let authority = match (uri.scheme_str(), uri.authority()) {
-        (None, None) if uri.path() == "*" && req.method() != Method::OPTIONS => {
-            return Err(ProxyError::BadRequest)
-        }
         (None, None) => None,
         (Some("http" | "https"), Some(a))
             if !a.host().is_empty() && !a.as_str().contains('@') && valid_port(a) =>
@@ -209,18 +210,21 @@ fn check_request<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
         // past 65535.
         _ => return Err(ProxyError::BadRequest),
     };
-    if req.version() < Version::HTTP_2 {
-        let mut hosts = req.headers().get_all(HOST).iter();
-        match (hosts.next(), hosts.next()) {
-            (_, Some(_)) => return Err(ProxyError::BadRequest),
-            (None, None) if req.version() == Version::HTTP_11 => {
-                return Err(ProxyError::BadRequest)
-            }
-            (Some(host), None) if !headers::valid_host(host.as_bytes()) => {
-                return Err(ProxyError::BadRequest)
-            }
-            _ => {}
+    // NOTE: HTTP/2 may name the host in `:authority` instead (RFC 9113, section 8.3.1); HTTP/1.0
+    // need not name it at all.
+    let needs_host = match req.version() {
+        Version::HTTP_11 => true,
+        Version::HTTP_2 | Version::HTTP_3 => authority.is_none(),
+        _ => false,
+    };
+    let mut hosts = req.headers().get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(ProxyError::BadRequest),
+        (None, None) if needs_host => return Err(ProxyError::BadRequest),
+        (Some(host), None) if !headers::valid_host(host.as_bytes()) => {
+            return Err(ProxyError::BadRequest)
         }
+        _ => {}
     }
     if let Some(a) = authority {
         let host = HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadRequest)?;
