@@ -234,9 +234,14 @@ pub fn is_incomplete_message(err: &(dyn StdError + 'static)) -> bool {
 /// Recognises an `h2::Error` for a `REFUSED_STREAM` reset by its text (see [`classify`]).
 fn is_refused_stream(e: &(dyn StdError + 'static)) -> bool {
     // NOTE: h2 formats `Reason::REFUSED_STREAM` with this fixed description (h2 0.4
-    // `frame/reason.rs`); this only runs on the error path.
-    e.to_string()
-        .contains("refused stream before processing any application logic")
+    // `frame/reason.rs`); this only runs on the error path. A graceful GOAWAY (`NO_ERROR`) fails
+    // just the streams past its last stream id, which the upstream did not process (RFC 9113,
+    // section 6.8), and the ones opened after it, which were not sent: refused as well. Streams
+    // it did take fail otherwise (a broken pipe if it closes before answering them), and a
+    // GOAWAY with an error code, which fails every stream, is not read as a refusal.
+    let text = e.to_string();
+    text.contains("refused stream before processing any application logic")
+        || text.starts_with("connection error received: not a result of an error")
 }
 
 impl fmt::Display for TimeoutKind {
@@ -273,6 +278,22 @@ mod tests {
         assert_eq!(elapsed.kind, TimeoutKind::PerTry);
         assert_eq!(attempts(&*err), 3);
         assert_eq!(classify(&err), Some(FailureKind::Timeout));
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection error received: not a result of an error")]
+    struct FakeH2GracefulGoAway;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection error received: unspecific protocol error detected")]
+    struct FakeH2GoAwayWithError;
+
+    #[test]
+    fn streams_a_graceful_goaway_fails_were_refused() {
+        let err: BoxError = Box::new(Wrap(Box::new(FakeH2GracefulGoAway)));
+        assert_eq!(classify(&err), Some(FailureKind::RefusedStream));
+        let err: BoxError = Box::new(Wrap(Box::new(FakeH2GoAwayWithError)));
+        assert_eq!(classify(&err), Some(FailureKind::Other));
     }
 
     #[test]
