@@ -372,7 +372,6 @@ impl Connector {
 
 // === impl Sender ===
 
-/// An upstream connection's sending half, HTTP/1.1 or HTTP/2, as [`Connector::send_on`] uses it.
 /// A reused connection closed after the request went out and before a response came back:
 /// usually the upstream closing an idle connection as the request arrived (the keep-alive race).
 #[derive(Debug, thiserror::Error)]
@@ -392,6 +391,7 @@ fn bodyless_copy(req: &Request<SendBody>) -> Request<SendBody> {
     copy
 }
 
+/// An upstream connection's sending half, HTTP/1.1 or HTTP/2, as [`Connector::send_on`] uses it.
 trait Sender: Sized + Send {
     /// A connection for `ep`, and whether it was reused (so a refusal may be retried).
     fn get(
