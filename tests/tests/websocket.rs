@@ -253,7 +253,7 @@ clusters:
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
 
     // Traffic every 300ms for about two idle periods: the tunnel stays open.
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     for i in 0..7 {
         let msg = format!("ping-{i}");
         tcp.write_all(msg.as_bytes()).await.unwrap();
