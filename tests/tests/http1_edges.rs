@@ -715,3 +715,39 @@ async fn framing_and_routing_fields_are_dropped_from_trailers_and_bodiless_statu
     let rsp = client.response().await;
     assert_eq!((rsp.status, rsp.text().as_str()), (200, "ok"), "{rsp:?}");
 }
+
+// === timers and routing after the review of these cases ===
+
+#[tokio::test]
+async fn a_head_dripped_after_a_locally_answered_post_still_gets_its_408() {
+    // A POST answered by the proxy itself (no route) never has its body read upstream; the
+    // next head on the connection is still bound by `header_timeout`.
+    let (upstream, _log) = ok_upstream().await;
+    let listen = free_addr();
+    let _proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: in
+    address: {listen}
+    protocol: http
+    header_timeout: 1s
+    routes:
+      - match: {{ prefix: /ok }}
+        cluster: app
+clusters:
+  - name: app
+    endpoints: [{}]
+"#,
+        upstream.addr()
+    ))
+    .await;
+    let mut client = Client::connect(listen).await;
+    client
+        .send(b"POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    assert_eq!(client.response().await.status, 404);
+    // Part of the next head, then nothing more: 408 within a few head timeouts, not never.
+    client.send(b"GET /ok HTTP/1.1\r\nHo").await;
+    let rsp = client.response().await;
+    assert_eq!(rsp.status, 408, "{rsp:?}");
+}

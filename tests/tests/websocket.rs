@@ -273,3 +273,52 @@ clusters:
         .unwrap_or(0);
     assert_eq!(n, 0, "closed, nothing sent: {:?}", &buf[..n]);
 }
+
+#[tokio::test]
+async fn a_route_can_match_the_upgrade_header() {
+    // `Upgrade` is hop-by-hop, but routes see the request as sent: a WebSocket handshake goes
+    // to the route that matches it, not to the catch-all.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let ws = websocket_echo(seen.clone()).await;
+    let other =
+        Upstream::http1(|_| async move { Response::new(full("not the websocket route")) }).await;
+    let listen = free_addr();
+    let _proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: ws
+    address: {listen}
+    protocol: http
+    routes:
+      - name: ws
+        match:
+          headers: [{{ name: upgrade, exact: websocket }}]
+        cluster: ws
+      - name: rest
+        match: {{ prefix: / }}
+        cluster: other
+clusters:
+  - name: ws
+    endpoints: [{}]
+  - name: other
+    endpoints: [{}]
+"#,
+        ws.addr(),
+        other.addr()
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(listen).await.unwrap();
+    tcp.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: ws.local\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: a2V5\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (head, _) = read_response_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "the websocket upstream took it"
+    );
+}

@@ -102,15 +102,18 @@ fn is_tchar(b: u8) -> bool {
 /// bytes read, which the caller must replay in front of the stream.
 ///
 /// At the timeout, a client that sent nothing is [`Detected::Timeout`] (a server-speaks-first
-/// protocol), and one whose bytes so far start an HTTP request (a method, a target, part of the
-/// HTTP/2 preface) is HTTP: its head timeout bounds the rest. A client that splits or drips its
-/// request line must not get around the routes and their policies as opaque bytes.
+/// protocol), and one whose bytes so far start an HTTP request (a method, a target) is HTTP/1:
+/// its head timeout bounds the rest. A client that splits or drips its request line must not get
+/// around the routes and their policies as opaque bytes. Part of the HTTP/2 preface gets
+/// `head_timeout` more for the rest of it (and is HTTP/1, which refuses it, if that passes).
 pub async fn detect<I: AsyncRead + Unpin>(
     io: &mut I,
     timeout: std::time::Duration,
+    head_timeout: std::time::Duration,
 ) -> std::io::Result<(Detected, BytesMut)> {
     let mut buf = BytesMut::with_capacity(1024);
-    let deadline = tokio::time::Instant::now() + timeout;
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    let mut extended = false;
     loop {
         if buf.len() == buf.capacity() {
             buf.reserve(buf.len());
@@ -119,6 +122,11 @@ pub async fn detect<I: AsyncRead + Unpin>(
             Err(_elapsed) => {
                 // NOTE: bytes that settled the question returned below; what is here is empty or
                 // the start of an HTTP request.
+                if !extended && !buf.is_empty() && H2_PREFACE.starts_with(&buf) {
+                    extended = true;
+                    deadline = tokio::time::Instant::now() + head_timeout;
+                    continue;
+                }
                 let d = if buf.is_empty() {
                     Detected::Timeout
                 } else {
@@ -264,9 +272,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn silent_client_times_out() {
         let (mut client, _server) = tokio::io::duplex(64);
-        let (d, buf) = detect(&mut client, std::time::Duration::from_millis(500))
-            .await
-            .unwrap();
+        let ms = std::time::Duration::from_millis;
+        let (d, buf) = detect(&mut client, ms(500), ms(1000)).await.unwrap();
         assert_eq!(d, Timeout);
         assert!(buf.is_empty());
     }
@@ -281,9 +288,8 @@ mod tests {
             b.write_all(b" HTTP/1.1\r\n").await.unwrap();
             b
         });
-        let (d, buf) = detect(&mut a, std::time::Duration::from_secs(1))
-            .await
-            .unwrap();
+        let s = std::time::Duration::from_secs;
+        let (d, buf) = detect(&mut a, s(1), s(1)).await.unwrap();
         assert_eq!(d, Http1);
         assert_eq!(&buf[..], b"GET /x HTTP/1.1\r\n");
         drop(writer.await.unwrap());
@@ -294,15 +300,31 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         // A request line split or dripped past the timeout stays HTTP (its head timeout bounds
         // it), so it cannot reach the app as opaque bytes around the routes' policies.
-        for start in [&b"GET"[..], b"GET /admin/sec", b"PRI * HTTP/2"] {
+        let ms = std::time::Duration::from_millis;
+        for start in [&b"GET"[..], b"GET /admin/sec"] {
             let (mut a, mut b) = tokio::io::duplex(64);
             b.write_all(start).await.unwrap();
-            let (d, buf) = detect(&mut a, std::time::Duration::from_millis(200))
-                .await
-                .unwrap();
+            let (d, buf) = detect(&mut a, ms(200), ms(1000)).await.unwrap();
             assert_eq!(d, Http1, "{start:?}");
             assert_eq!(&buf[..], start);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_http2_preface_gets_the_head_timeout_for_the_rest() {
+        use tokio::io::AsyncWriteExt;
+        let ms = std::time::Duration::from_millis;
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            b.write_all(&H2_PREFACE[..10]).await.unwrap();
+            tokio::time::sleep(ms(500)).await;
+            b.write_all(&H2_PREFACE[10..]).await.unwrap();
+            b
+        });
+        let (d, buf) = detect(&mut a, ms(200), ms(1000)).await.unwrap();
+        assert_eq!(d, Http2);
+        assert_eq!(&buf[..], H2_PREFACE);
+        drop(writer.await.unwrap());
     }
 
     #[test]

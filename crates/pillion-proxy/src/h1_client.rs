@@ -90,11 +90,13 @@ pub(crate) struct H1Conn {
 
 /// Why [`H1Conn::send`] did not produce a response.
 pub(crate) enum SendError {
-    /// A reused connection failed before any byte of the response came back, and the request
-    /// may go on another: none of it was written, or it is idempotent (RFC 9110, section
-    /// 9.2.2) and the connection ended or was reset with no answer (the upstream closed it while
-    /// idle, as the request went out).
+    /// A reused connection failed before any byte of the request was written: it had closed,
+    /// and the request may go on another.
     Unsent,
+    /// A reused connection ended or was reset after the request went out and before any byte of
+    /// the response: the upstream closed it while idle, as the request arrived (the keep-alive
+    /// race). Only for an idempotent request (RFC 9110, section 9.2.2), which may go again once.
+    Lost,
     /// Anything else.
     Failed(BoxError),
 }
@@ -218,6 +220,7 @@ impl H1Conn {
         mut self: Box<Self>,
         req: &Request<SendBody>,
         reused: bool,
+        may_lose: bool,
         pool: &Arc<EndpointPool>,
     ) -> Result<http::Response<Body>, SendError> {
         encode_head(&mut self.head, req);
@@ -243,7 +246,7 @@ impl H1Conn {
 
         let is_head = req.method() == Method::HEAD;
         // Whether the connection may be given up for another when it ends with no answer.
-        let mut resend = reused && req.method().is_idempotent();
+        let mut resend = reused && may_lose && req.method().is_idempotent();
         let head = loop {
             if !self.buf.is_empty() {
                 match parse_head(&mut self.buf, is_head, &mut self.names) {
@@ -258,11 +261,11 @@ impl H1Conn {
                 return Err(SendError::Failed(Box::new(Malformed::TooLarge)));
             }
             match poll_fn(|cx| self.poll_fill(cx)).await {
-                Ok(0) if resend => return Err(SendError::Unsent),
+                Ok(0) if resend => return Err(SendError::Lost),
                 Ok(0) => return Err(SendError::Failed(Box::new(IncompleteResponse))),
                 Ok(_) => resend = false,
                 Err(e) if resend && e.kind() == io::ErrorKind::ConnectionReset => {
-                    return Err(SendError::Unsent)
+                    return Err(SendError::Lost)
                 }
                 Err(e) => return Err(SendError::Failed(e.into())),
             }

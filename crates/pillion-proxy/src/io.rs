@@ -95,8 +95,10 @@ const REQUEST_TIMEOUT: &[u8] =
 #[derive(Debug)]
 pub struct RequestGuard(Arc<Activity>);
 
-/// Told by a request body when it has been read to its end (see [`Activity::request_started`]).
-#[derive(Debug, Clone)]
+/// Told by a request body when it has been read to its end (see [`Activity::request_started`]),
+/// and dropped with it: a body dropped unread is hyper's to finish (it reads what is left once
+/// and keeps the connection, or closes it), so either way what comes next is a head.
+#[derive(Debug)]
 pub struct BodyEnd(Arc<Activity>);
 
 /// Resolves once the stream behind `activity` has moved no byte for at least `idle` (and at most
@@ -183,9 +185,21 @@ impl Drop for RequestGuard {
 // === impl BodyEnd ===
 
 impl BodyEnd {
-    /// The request's body has been read to its end.
+    /// The request's body has been read to its end: if its response ended first, the
+    /// connection waits for the next head again.
     pub fn ended(&self) {
-        self.0.body_open.store(false, Ordering::Relaxed);
+        let a = &self.0;
+        if a.body_open.swap(false, Ordering::Relaxed) {
+            let _ = a
+                .phase
+                .compare_exchange(DRAIN, WAITING, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for BodyEnd {
+    fn drop(&mut self) {
+        self.ended();
     }
 }
 
@@ -516,6 +530,15 @@ mod tests {
         b.write_all(b"rest of the body").await.unwrap();
         let _ = io.read(&mut buf).await.unwrap();
         assert!(!activity.reading_head(), "still the body: no head timer");
+
+        // Once the body has come whole (or its reader let it go), the next bytes are a head.
+        let end = activity.body_end();
+        let guard = activity.request_started(true);
+        drop(guard);
+        drop(end);
+        b.write_all(b"G").await.unwrap();
+        let _ = io.read(&mut buf).await.unwrap();
+        assert!(activity.reading_head(), "the drain ends with the body");
 
         // The next request starts as usual, and bytes after its end start a head.
         let guard = activity.request_started(false);

@@ -170,19 +170,22 @@ impl Connector {
     ) -> Result<Response<UpstreamBody>, BoxError> {
         if h1::can_send(&req) {
             // An idle connection of the own client, else one of hyper's, else a new one; again
-            // on another when a reused one had closed before any of the request was written, or
-            // (an idempotent request) before any of the response came.
+            // on another when a reused one had closed before any of the request was written, and
+            // once (an idempotent request) when one closed before the response came.
+            let mut lost = false;
             loop {
                 let (conn, reused) = match ep.pool.checkout_own() {
                     Some(conn) => (conn, true),
                     None if ep.pool.has_idle_h1() => {
                         // NOTE: hyper's client consumes the request; a request without a body
                         // is copied (rarely: the own client serves most of them) to go again.
-                        let again = req.method().is_idempotent().then(|| bodyless_copy(&req));
+                        let again =
+                            (!lost && req.method().is_idempotent()).then(|| bodyless_copy(&req));
                         match Box::pin(self.send_h1_hyper(ep, req)).await {
                             Err(e) if e.is::<LostOnReuse>() => match again {
                                 Some(copy) => {
                                     debug!(endpoint = %ep.addr, "pooled connection closed with no answer; sending again");
+                                    lost = true;
                                     req = copy;
                                     continue;
                                 }
@@ -194,10 +197,14 @@ impl Connector {
                     // NOTE: boxed to keep the per-request future small; connecting is rare.
                     None => (H1Conn::new(Box::pin(self.open(ep)).await?), false),
                 };
-                match conn.send(&req, reused, &ep.pool).await {
+                match conn.send(&req, reused, !lost, &ep.pool).await {
                     Ok(rsp) => return Ok(rsp.map(UpstreamBody::own)),
                     Err(h1::SendError::Unsent) => {
                         debug!(endpoint = %ep.addr, "pooled connection closed; sending again");
+                    }
+                    Err(h1::SendError::Lost) => {
+                        debug!(endpoint = %ep.addr, "pooled connection closed with no answer; sending again");
+                        lost = true;
                     }
                     Err(h1::SendError::Failed(e)) => return Err(e),
                 }
@@ -372,8 +379,9 @@ impl Connector {
 
 // === impl Sender ===
 
-/// A reused connection closed after the request went out and before a response came back:
-/// usually the upstream closing an idle connection as the request arrived (the keep-alive race).
+/// A reused connection closed after the request went out and before a whole response head came
+/// back: usually the upstream closing an idle connection as the request arrived (the keep-alive
+/// race).
 #[derive(Debug, thiserror::Error)]
 #[error("the pooled connection closed before a response: {0}")]
 struct LostOnReuse(#[source] hyper::Error);

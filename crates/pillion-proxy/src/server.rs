@@ -342,7 +342,7 @@ async fn serve_stream<I>(
                 }
             }
         }
-        Protocol::Auto => match detect(&mut io, l.detect_timeout).await {
+        Protocol::Auto => match detect(&mut io, l.detect_timeout, l.head_timeout).await {
             Ok((d, prefix)) => {
                 l.detected[d as usize].inc();
                 (d, prefix)

@@ -96,19 +96,13 @@ pub async fn handle<B: Into<Downstream>>(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let l = &*ctx.listener;
-    // NOTE: hop-by-hop fields go before the proxy adds its own, so a `Connection` header cannot
-    // name away the request id or trace context the proxy sets.
     let upgrade = match req.version() {
         http::Version::HTTP_11 => headers::upgrade_request(req.headers()),
         _ => None,
     };
-    headers::strip_hop_by_hop(req.headers_mut());
     let malformed = check_request(&mut req).err();
-    let ids = ids::apply(req.headers_mut(), l.request_id, l.trace_context);
-    let mut log = l
-        .access_log
-        .as_ref()
-        .map(|log| Box::new(PendingLog::new(log.clone(), entry(&ctx, &req, &ids), start)));
+    // NOTE: the access log has the request as the client sent it (before path normalization).
+    let entry = l.access_log.as_ref().map(|_| entry(&ctx, &req));
 
     // NOTE: with a policy in force, routing, authorization and the app all see the normalized
     // path, so `/x/../admin` or `/%61dmin` cannot reach an `/admin` route around its policy.
@@ -119,6 +113,22 @@ pub async fn handle<B: Into<Downstream>>(
     } else {
         ctx.table.route(&req)
     };
+    // NOTE: routes match on the headers as sent (`Upgrade` among them); hop-by-hop fields go
+    // after that and before the proxy adds its own, so `Connection` cannot name away the request
+    // id or trace context the proxy sets.
+    headers::strip_hop_by_hop(req.headers_mut());
+    let ids = ids::apply(req.headers_mut(), l.request_id, l.trace_context);
+    let mut log = l.access_log.as_ref().zip(entry).map(|(log, mut entry)| {
+        entry.request_id = ids
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        entry.trace_id = ids
+            .trace_id
+            .map(|t| String::from_utf8_lossy(&t).into_owned());
+        Box::new(PendingLog::new(log.clone(), entry, start))
+    });
     let target = route.map(|r| (r, r.target()));
     let mut upstream = Upstream::default();
     let allowed = |p: &Option<pillion_tls::authz::Policy>| {
@@ -132,12 +142,12 @@ pub async fn handle<B: Into<Downstream>>(
     };
     let denied = bad_path
         || (!limited && (!allowed(&l.policy) || route.is_some_and(|r| !allowed(&r.policy))));
-    let result = match target {
-        _ if let Some(e) = malformed => Err(e),
+    let result = match (malformed, target) {
+        (Some(e), _) => Err(e),
         _ if denied => Err(ProxyError::Denied),
-        None if limited => Err(ProxyError::RateLimited),
-        None => Err(ProxyError::NoRoute),
-        Some((route, target)) => {
+        (None, None) if limited => Err(ProxyError::RateLimited),
+        (None, None) => Err(ProxyError::NoRoute),
+        (None, Some((route, target))) => {
             let received = log.as_ref().map(|l| l.received.clone());
             forward(&ctx, route, target, req, upgrade, received, &mut upstream).await
         }
@@ -201,8 +211,11 @@ fn check_request<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
     }
     let authority = match (uri.scheme_str(), uri.authority()) {
         (None, None) => None,
-        (Some("http" | "https"), Some(a))
-            if !a.host().is_empty() && !a.as_str().contains('@') && valid_port(a) =>
+        (Some(scheme), Some(a))
+            if (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+                && !a.host().is_empty()
+                && !a.as_str().contains('@')
+                && valid_port(a) =>
         {
             Some(a)
         }
@@ -272,8 +285,8 @@ fn normalize_path<B>(req: &mut Request<B>) -> bool {
     }
 }
 
-/// The start of a request's access-log line.
-fn entry<B>(ctx: &ConnCtx, req: &Request<B>, ids: &ids::Ids) -> Entry {
+/// The start of a request's access-log line (its ids are set once they are known).
+fn entry<B>(ctx: &ConnCtx, req: &Request<B>) -> Entry {
     let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
         req.headers()
             .get(http::header::HOST)
@@ -299,14 +312,6 @@ fn entry<B>(ctx: &ConnCtx, req: &Request<B>, ids: &ids::Ids) -> Entry {
         response_flags: "-",
         downstream_address: Some(ctx.client),
         peer_identity: ctx.identity.clone(),
-        request_id: ids
-            .request_id
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        trace_id: ids
-            .trace_id
-            .map(|t| String::from_utf8_lossy(&t).into_owned()),
         ..Entry::default()
     }
 }
