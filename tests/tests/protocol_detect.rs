@@ -244,7 +244,7 @@ async fn a_request_line_split_past_the_detect_timeout_is_still_http() {
     // the routes and their policies; the start of a request keeps it HTTP.
     let (echo, raw) = (Echo::named("http").await, tcp_echo().await);
     let listen = free_addr();
-    let _proxy = Proxy::start(&format!(
+    let proxy = Proxy::start(&format!(
         r#"
 listeners:
   - name: auto
@@ -269,8 +269,14 @@ clusters:
     .await;
     let mut tcp = TcpStream::connect(listen).await.unwrap();
     tcp.write_all(b"GET /spl").await.unwrap();
-    // Past the detect timeout (no timer in the proxy to wait on: its verdict comes at 200ms).
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The rest only once the detect timeout has passed: its verdict is counted then.
+    proxy
+        .wait_metric(
+            "pillion_protocol_detect_total",
+            &[("listener", "auto"), ("result", "http1")],
+            1.0,
+        )
+        .await;
     tcp.write_all(b"it HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();

@@ -243,14 +243,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             let mut length = false;
             for h in req.headers.iter() {
                 match simple_header(h.name, h.value) {
-                    Some(c) => close |= c,
                     None => return Some(Next::Other),
-                }
-                if eq_lower(h.name.as_bytes(), b"content-length") {
-                    // NOTE: only `0` gets here; repeated, it goes upstream once (as hyper does).
-                    if std::mem::replace(&mut length, true) {
-                        continue;
-                    }
+                    Some(Simple::Close) => close = true,
+                    // NOTE: a `0` length, repeated, goes upstream once (as hyper does).
+                    Some(Simple::Length) if std::mem::replace(&mut length, true) => continue,
+                    Some(_) => {}
                 }
                 let (ns, nl) = at(h.name.as_bytes());
                 let (vs, vl) = at(h.value);
@@ -507,24 +504,33 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     }
 }
 
-/// Whether this server takes a request with this header; with `Some`, whether it asks to close
-/// the connection. A body (a length but 0, any transfer coding), `Expect` or an upgrade is
-/// hyper's to serve.
-fn simple_header(name: &str, value: &[u8]) -> Option<bool> {
+/// A header of a request this server takes.
+enum Simple {
+    /// `Content-Length: 0`.
+    Length,
+    /// `Connection` with `close`.
+    Close,
+    Other,
+}
+
+/// What this header is, if this server takes a request with it. A body (a length but 0, any
+/// transfer coding), `Expect` or an upgrade is hyper's to serve.
+fn simple_header(name: &str, value: &[u8]) -> Option<Simple> {
     let is = |n: &[u8]| eq_lower(name.as_bytes(), n);
     if is(b"content-length") {
-        return (value.trim_ascii() == b"0").then_some(false);
+        return (value.trim_ascii() == b"0").then_some(Simple::Length);
     }
     if is(b"transfer-encoding") || is(b"expect") || is(b"upgrade") {
         return None;
     }
-    if is(b"connection") {
-        let close = value
+    if is(b"connection")
+        && value
             .split(|&b| b == b',')
-            .any(|t| eq_lower(t.trim_ascii(), b"close"));
-        return Some(close);
+            .any(|t| eq_lower(t.trim_ascii(), b"close"))
+    {
+        return Some(Simple::Close);
     }
-    Some(false)
+    Some(Simple::Other)
 }
 
 /// The request target and headers of a parsed head; `None` when `http` refuses one.

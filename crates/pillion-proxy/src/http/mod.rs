@@ -197,8 +197,9 @@ pub async fn handle<B: Into<Downstream>>(
 /// Refuses what no request may be (RFC 9112, section 3): `CONNECT` (the proxy opens no tunnels
 /// to arbitrary hosts), a request target its method does not allow (`*` but for `OPTIONS`, the
 /// authority form, a scheme other than `http`/`https`, user info), a repeated or invalid
-/// `Host`, and a missing one (on HTTP/1.1, and on HTTP/2 without `:authority`). A target with an authority (the absolute form, or HTTP/2's
-/// `:authority`) replaces `Host`, so routing, policies and the app all see the same host.
+/// `Host`, and a missing one (on HTTP/1.1, and on HTTP/2 without `:authority`). A target with an
+/// authority (the absolute form, or HTTP/2's `:authority`) replaces `Host`, so routing, policies
+/// and the app all see the same host.
 fn check_request<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
     use http::{header::HOST, Method, Version};
     if req.method() == Method::CONNECT {
