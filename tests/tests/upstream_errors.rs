@@ -179,3 +179,43 @@ async fn truncated_upstream_response_body_is_not_passed_off_as_complete() {
         }
     }
 }
+
+#[tokio::test]
+async fn http2_upstream_that_never_speaks_is_a_connect_failure_within_the_connect_timeout() {
+    // Accepts and reads everything, and never sends a byte (no SETTINGS): without a route
+    // timeout, the request would wait as long as the connection stays open.
+    let upstream = Upstream::tcp(|mut tcp| async move {
+        let mut buf = [0u8; 4096];
+        while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    let listen = free_addr();
+    let _proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: in
+    address: {listen}
+    protocol: http
+    cluster: silent
+clusters:
+  - name: silent
+    endpoints: ["{}"]
+    protocol: http2
+    connect_timeout: 300ms
+"#,
+        upstream.addr()
+    ))
+    .await;
+    let mut h1 = H1Client::connect(listen).await;
+    let reply = h1.get("http://svc/x").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{reply:?}");
+    assert_eq!(
+        reply.header("x-pillion-error"),
+        Some("upstream-connect-failure")
+    );
+    assert!(upstream.connections() >= 1);
+    // The next request opens a new connection rather than waiting on the silent one.
+    let again = h1.get("http://svc/y").await;
+    assert_eq!(again.status, StatusCode::BAD_GATEWAY, "{again:?}");
+    assert!(upstream.connections() >= 2, "{}", upstream.connections());
+}

@@ -179,7 +179,7 @@ impl Cluster {
                 max_connections.clone(),
                 max_pending.clone(),
             );
-            Connector::new(counted)
+            Connector::new(counted, cfg.connect_timeout.0)
         };
         let health_check = cfg.health_check.as_ref().map(|h| HealthCheckConfig {
             kind: match &h.http_path {

@@ -62,6 +62,8 @@ pub(crate) type Conn = CountedConn<TokioIo<MaybeTls>>;
 #[derive(Clone)]
 pub(crate) struct Connector {
     inner: Counted<TlsConnector>,
+    /// Bounds, besides the TCP and TLS handshakes, the wait for an HTTP/2 upstream's first bytes.
+    connect_timeout: Duration,
 }
 
 /// The pooled connections to one endpoint.
@@ -144,8 +146,11 @@ struct Checkin {
 
 impl Connector {
     /// A connector over `inner`, whose TLS (ALPN) matches the version it is used for.
-    pub(crate) fn new(inner: Counted<TlsConnector>) -> Self {
-        Self { inner }
+    pub(crate) fn new(inner: Counted<TlsConnector>, connect_timeout: Duration) -> Self {
+        Self {
+            inner,
+            connect_timeout,
+        }
     }
 
     async fn open(&self, ep: &Endpoint) -> Result<Conn, BoxError> {
@@ -358,8 +363,15 @@ impl Connector {
         }
     }
 
+    /// Opens an HTTP/2 connection and waits, within the connect timeout, for the upstream's
+    /// first bytes (its SETTINGS): an endpoint that accepts TCP and never speaks HTTP/2 is a
+    /// connect failure, not a wait for as long as the route allows.
     async fn handshake_h2(&self, ep: &Endpoint) -> Result<http2::SendRequest<SendBody>, BoxError> {
-        let io = self.open(ep).await?;
+        let (spoke, heard) = tokio::sync::oneshot::channel();
+        let io = Speaks {
+            io: self.open(ep).await?,
+            spoke: Some(spoke),
+        };
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(1 << 20)
@@ -368,12 +380,90 @@ impl Connector {
             .await
             .map_err(|e| ConnectFailed(e.into()))?;
         let addr = ep.addr;
-        tokio::spawn(async move {
+        let conn = tokio::spawn(async move {
             if let Err(error) = conn.await {
                 debug!(endpoint = %addr, %error, "upstream HTTP/2 connection ended with an error");
             }
         });
-        Ok(tx)
+        match tokio::time::timeout(self.connect_timeout, heard).await {
+            Ok(Ok(())) => Ok(tx),
+            // The connection ended before a byte came (its task dropped the sender).
+            Ok(Err(_)) => Err(Box::new(ConnectFailed(
+                "the upstream closed the HTTP/2 connection before speaking".into(),
+            ))),
+            Err(_) => {
+                conn.abort();
+                Err(Box::new(ConnectFailed(
+                    format!(
+                        "the upstream sent no HTTP/2 SETTINGS within the connect timeout ({:?})",
+                        self.connect_timeout
+                    )
+                    .into(),
+                )))
+            }
+        }
+    }
+}
+
+/// An upstream HTTP/2 connection that reports its first bytes read.
+struct Speaks {
+    io: Conn,
+    spoke: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl hyper::rt::Read for Speaks {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.spoke.is_none() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        // Until then, through a small buffer of its own: the cursor cannot be lent and looked at
+        // after (once per connection).
+        let mut first = [0u8; 64];
+        let mut local = hyper::rt::ReadBuf::new(&mut first[..buf.remaining().min(64)]);
+        let ready = Pin::new(&mut this.io).poll_read(cx, local.unfilled());
+        let read = local.filled();
+        if matches!(ready, Poll::Ready(Ok(()))) && !read.is_empty() {
+            buf.put_slice(read);
+            if let Some(spoke) = this.spoke.take() {
+                let _ = spoke.send(());
+            }
+        }
+        ready
+    }
+}
+
+impl hyper::rt::Write for Speaks {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 }
 
