@@ -287,3 +287,76 @@ clusters:
         "served by the HTTP route, not relayed: {head}"
     );
 }
+
+#[tokio::test]
+async fn empty_lines_before_a_request_line_are_http() {
+    // HTTP servers skip them (RFC 9112, section 2.2); relayed as opaque bytes, the request would
+    // reach the app around the routes and their policies.
+    let s = setup().await;
+    for blank in ["\r\n", "\n\n", "\r\n\r\n"] {
+        let mut tcp = TcpStream::connect(s.mixed).await.unwrap();
+        let request = format!("{blank}GET /m HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let (head, _) = pillion_tests::net::read_response_head(&mut tcp).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{blank:?}: {head}");
+        assert!(
+            head.to_ascii_lowercase().contains("x-echo-server: http"),
+            "{blank:?}: served by the HTTP route, not relayed: {head}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_client_silent_past_the_detect_timeout_that_then_sends_http_is_served_as_http() {
+    // The endpoint was connected in case it speaks first; it did not, and the client's request
+    // goes to the HTTP route, not through the relay.
+    let (echo, raw) = (Echo::named("http").await, tcp_echo().await);
+    let listen = free_addr();
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: auto
+    address: {listen}
+    protocol: auto
+    detect_timeout: 200ms
+    cluster: raw
+    routes:
+      - name: web
+        match:
+          prefix: /
+        cluster: web
+clusters:
+  - name: web
+    endpoints: [{}]
+  - name: raw
+    endpoints: [{}]
+"#,
+        echo.addr(),
+        raw.addr()
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(listen).await.unwrap();
+    // Past the detect timeout: the relay's endpoint has been connected.
+    within("the relay's endpoint connected", async {
+        while raw.connections() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    tcp.write_all(b"GET /late HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = pillion_tests::net::read_response_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-echo-server: http"),
+        "served by the HTTP route, not relayed: {head}"
+    );
+    proxy
+        .wait_metric(
+            "pillion_protocol_detect_total",
+            &[("listener", "auto"), ("result", "http1")],
+            1.0,
+        )
+        .await;
+}

@@ -40,6 +40,19 @@ pub fn classify(buf: &[u8]) -> Verdict {
     if buf.is_empty() {
         return Verdict::NeedMore;
     }
+    // Empty lines before a request line are ignored by HTTP servers (RFC 9112, section 2.2), so
+    // they must not turn a request into opaque bytes that reach the app around the routes.
+    let blank = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    if blank > 0 {
+        return match &buf[blank..] {
+            [] if blank < MAX_REQUEST_LINE => Verdict::NeedMore,
+            [] => Verdict::Known(Detected::Http1),
+            rest => classify_http1(rest),
+        };
+    }
     let n = buf.len().min(H2_PREFACE.len());
     if buf[..n] == H2_PREFACE[..n] {
         return if n == H2_PREFACE.len() {
@@ -111,7 +124,19 @@ pub async fn detect<I: AsyncRead + Unpin>(
     timeout: std::time::Duration,
     head_timeout: std::time::Duration,
 ) -> std::io::Result<(Detected, BytesMut)> {
-    let mut buf = BytesMut::with_capacity(1024);
+    detect_from(io, BytesMut::with_capacity(1024), timeout, head_timeout).await
+}
+
+/// [`detect`], with `buf` the bytes already read from `io`.
+pub async fn detect_from<I: AsyncRead + Unpin>(
+    io: &mut I,
+    mut buf: BytesMut,
+    timeout: std::time::Duration,
+    head_timeout: std::time::Duration,
+) -> std::io::Result<(Detected, BytesMut)> {
+    if let Verdict::Known(d) = classify(&buf) {
+        return Ok((d, buf));
+    }
     let mut deadline = tokio::time::Instant::now() + timeout;
     let mut extended = false;
     loop {
@@ -217,6 +242,18 @@ mod tests {
         assert_eq!(known(b"get / HTTP/1.1\r\n"), Some(Http1));
         assert_eq!(known(b"GET / HTTP/2.0\r\n"), Some(Opaque));
         assert_eq!(known(b"GET a b HTTP/1.1\r\n"), Some(Opaque));
+    }
+
+    #[test]
+    fn empty_lines_before_a_request_line_are_http() {
+        assert_eq!(known(b"\r\nGET /admin HTTP/1.1\r\n"), Some(Http1));
+        assert_eq!(known(b"\n\nGET /admin HTTP/1.1\r\n"), Some(Http1));
+        assert_eq!(known(b"\r\n"), None);
+        assert_eq!(known(b"\r\nGET /ad"), None);
+        assert_eq!(known(b"\r\nhello\n"), Some(Opaque));
+        // Neither the HTTP/2 preface nor anything but a request line follows them.
+        assert_eq!(known(b"\r\nPRI * HTTP/2.0\r\n"), Some(Opaque));
+        assert_eq!(known(&[b'\n'; MAX_REQUEST_LINE]), Some(Http1));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use crate::{
     cluster::Cluster,
-    detect::{detect, read_http_version, Detected},
+    detect::{detect, detect_from, read_http_version, Detected},
     h1_server,
     http::{ConnCtx, HttpListener, ProxyError, RouteTable},
     io::{Activity, IdleIo, PrefixedIo, TcpIo},
@@ -324,6 +324,8 @@ async fn serve_stream<I>(
     let identity = tls.as_ref().and_then(|t| t.identity.clone());
     let activity = Activity::new();
     let alpn_h2 = tls.as_ref().is_some_and(|t| t.alpn_h2);
+    // The relay's endpoint, when it was connected during detection.
+    let mut opened = None;
     let (detected, prefix) = match l.protocol {
         Protocol::Tcp => (Detected::Opaque, BytesMut::new()),
         Protocol::Http | Protocol::Auto if alpn_h2 => (Detected::Http2, BytesMut::new()),
@@ -343,6 +345,20 @@ async fn serve_stream<I>(
             }
         }
         Protocol::Auto => match detect(&mut io, l.detect_timeout, l.head_timeout).await {
+            Ok((Detected::Timeout, _)) => {
+                match after_silence(&l, &mut io, identity.as_deref(), &activity, &shutdown).await {
+                    AfterSilence::Http(d, prefix) => {
+                        l.detected[d as usize].inc();
+                        (d, prefix)
+                    }
+                    AfterSilence::Relay(prefix, upstream) => {
+                        l.detected[Detected::Timeout as usize].inc();
+                        opened = upstream;
+                        (Detected::Timeout, prefix)
+                    }
+                    AfterSilence::Done => return,
+                }
+            }
             Ok((d, prefix)) => {
                 l.detected[d as usize].inc();
                 (d, prefix)
@@ -410,7 +426,7 @@ async fn serve_stream<I>(
             }
         }
         Detected::Opaque | Detected::Timeout => {
-            Box::pin(serve_tcp(&l, io, peer, identity, &activity)).await;
+            Box::pin(serve_tcp(&l, io, peer, identity, &activity, opened)).await;
         }
     }
 }
@@ -476,13 +492,89 @@ where
     .await
 }
 
-/// Relays an opaque connection to the listener's cluster, within its authorization policy.
+/// What a client silent past `detect_timeout` turned out to speak.
+enum AfterSilence {
+    /// HTTP after all, with the bytes read.
+    Http(Detected, BytesMut),
+    /// Anything else, or the endpoint spoke first: relayed, with the client's bytes read and the
+    /// endpoint's connection if one was opened.
+    Relay(BytesMut, Option<Result<tcp::Opened, tcp::Failed>>),
+    /// The connection ended or idled out, or the proxy is shutting down.
+    Done,
+}
+
+/// A client that sent nothing within `detect_timeout` may speak a server-first protocol, so the
+/// relay's endpoint is connected for it to speak. Whoever speaks first decides: the endpoint's
+/// bytes make it a relay; the client's are classified, and HTTP is served as HTTP and its endpoint
+/// connection closed. A client that waits before its first request (a preconnect, a slow one)
+/// must not reach the app as opaque bytes around the routes and their policies.
+///
+/// Where the relay would be refused (no cluster, or the listener's policy denies the peer), the
+/// client has the head timeout to speak HTTP.
+async fn after_silence<I>(
+    l: &Listener,
+    io: &mut I,
+    identity: Option<&str>,
+    activity: &Activity,
+    shutdown: &CancellationToken,
+) -> AfterSilence
+where
+    I: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut up = None;
+    let read = match l.tcp.as_ref().filter(|_| !denied(l, identity)) {
+        Some((cluster, _)) => {
+            let opened = match tcp::open(cluster).await {
+                Ok(opened) => up.insert(opened),
+                Err(failed) => return AfterSilence::Relay(buf, Some(Err(failed))),
+            };
+            tokio::select! {
+                read = io.read_buf(&mut buf) => read,
+                // The endpoint spoke (or closed) first: a server-first protocol.
+                _ = opened.io.read_buf(&mut opened.early) => Ok(0),
+                _ = crate::io::idle(activity, l.idle_timeout) => return AfterSilence::Done,
+                _ = shutdown.cancelled() => return AfterSilence::Done,
+            }
+        }
+        None => tokio::select! {
+            read = tokio::time::timeout(l.head_timeout, io.read_buf(&mut buf)) => {
+                read.unwrap_or(Ok(0))
+            }
+            _ = shutdown.cancelled() => return AfterSilence::Done,
+        },
+    };
+    if !matches!(read, Ok(n) if n > 0) {
+        // Silent, closed or failed: relayed (or refused) as it would have been, the relay
+        // passing the close on.
+        return AfterSilence::Relay(buf, up.map(Ok));
+    }
+    match detect_from(io, buf, l.head_timeout, l.head_timeout).await {
+        // HTTP: the endpoint connection (dropped here) is not needed.
+        Ok((d @ (Detected::Http1 | Detected::Http2), buf)) => AfterSilence::Http(d, buf),
+        Ok((_, buf)) => AfterSilence::Relay(buf, up.map(Ok)),
+        Err(_) => AfterSilence::Done,
+    }
+}
+
+/// Whether the listener's policy refuses to relay a peer's connection.
+fn denied(l: &Listener, identity: Option<&str>) -> bool {
+    l.shared
+        .policy
+        .as_ref()
+        .is_some_and(|p| !p.check(identity, None).is_allowed())
+}
+
+/// Relays an opaque connection to the listener's cluster, within its authorization policy, on
+/// `opened` if its endpoint was connected already.
 async fn serve_tcp<I>(
     l: &Listener,
     io: I,
     peer: SocketAddr,
     identity: Option<Arc<str>>,
     activity: &Activity,
+    opened: Option<Result<tcp::Opened, tcp::Failed>>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -506,12 +598,7 @@ async fn serve_tcp<I>(
             ..Default::default()
         });
     let started = tokio::time::Instant::now();
-    let denied = l
-        .shared
-        .policy
-        .as_ref()
-        .is_some_and(|p| !p.check(identity.as_deref(), None).is_allowed());
-    let outcome = if denied {
+    let outcome = if denied(l, identity.as_deref()) {
         debug!(listener = %l.name, %peer, identity = ?identity, "connection denied by policy; closing");
         tcp::Outcome {
             error: Some(ProxyError::Denied),
@@ -519,7 +606,13 @@ async fn serve_tcp<I>(
         }
     } else {
         let idle = crate::io::idle(activity, l.idle_timeout);
-        tcp::relay(io, cluster, stats, idle).await
+        let upstream = async {
+            match opened {
+                Some(opened) => opened,
+                None => tcp::open(cluster).await,
+            }
+        };
+        tcp::relay(io, cluster, upstream, stats, idle).await
     };
     if let (Some(log), Some(mut e)) = (&l.shared.access_log, entry.take()) {
         e.duration = started.elapsed();

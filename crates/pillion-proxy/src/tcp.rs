@@ -1,8 +1,14 @@
 //! The TCP relay: bytes both ways between a downstream connection and a cluster endpoint.
 
-use crate::{cluster::Cluster, http::ProxyError, io::CountedIo};
-use pillion_layers::outlier::Outcome as EndpointOutcome;
+use crate::{
+    cluster::Cluster,
+    http::ProxyError,
+    io::{CountedIo, PrefixedIo},
+};
+use bytes::BytesMut;
+use pillion_layers::{balance::Pick, outlier::Outcome as EndpointOutcome};
 use pillion_telemetry::TcpStats;
+use pillion_tls::MaybeTls;
 use std::{net::SocketAddr, time::Duration};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -28,14 +34,61 @@ pub struct Outcome {
     pub error: Option<ProxyError>,
 }
 
-/// Relays `downstream` to an endpoint of `cluster` until both directions are done. A FIN from
-/// one side is passed on as a write shutdown while the other direction keeps flowing.
+/// A connection to an endpoint of a relay's cluster, and the bytes already read from it.
+pub struct Opened {
+    /// Held for the whole relay, so the balancer counts the connection in flight.
+    _pick: Pick,
+    addr: SocketAddr,
+    /// The endpoint's connection.
+    pub io: MaybeTls,
+    /// Bytes read from the endpoint before the relay began, sent to the client first.
+    pub early: BytesMut,
+}
+
+/// Why no endpoint connection could be opened.
+#[derive(Debug, Clone, Copy)]
+pub struct Failed {
+    upstream: Option<SocketAddr>,
+    error: ProxyError,
+}
+
+/// Picks an endpoint of `cluster` and connects to it within its connect timeout.
+pub async fn open(cluster: &Cluster) -> Result<Opened, Failed> {
+    let Some((pick, ep)) = cluster.pick() else {
+        warn!(cluster = cluster.name(), "no endpoint to relay to; closing");
+        return Err(Failed {
+            upstream: None,
+            error: ProxyError::NoHealthyEndpoint,
+        });
+    };
+    match cluster.connect(&ep).await {
+        Ok(io) => Ok(Opened {
+            _pick: pick,
+            addr: ep.addr,
+            io,
+            early: BytesMut::new(),
+        }),
+        Err(err) => {
+            warn!(cluster = cluster.name(), endpoint = %ep.addr, %err, "connect failed; closing");
+            pick.record(Duration::ZERO, EndpointOutcome::GatewayError);
+            Err(Failed {
+                upstream: Some(ep.addr),
+                error: ProxyError::ConnectFailure,
+            })
+        }
+    }
+}
+
+/// Relays `downstream` to an endpoint of `cluster` (connected by `upstream`, usually [`open`])
+/// until both directions are done. A FIN from one side is passed on as a write shutdown while
+/// the other direction keeps flowing.
 ///
 /// The relay ends early when `idle` resolves (the downstream moved no byte for the listener's
 /// idle timeout).
 pub async fn relay<I>(
     downstream: I,
     cluster: &Cluster,
+    upstream: impl std::future::Future<Output = Result<Opened, Failed>>,
     stats: &TcpStats,
     idle: impl std::future::Future<Output = ()>,
 ) -> Outcome
@@ -47,33 +100,24 @@ where
     let mut downstream = CountedIo::new(downstream, stats.rx_bytes.clone(), stats.tx_bytes.clone());
     stats.opened.inc();
     stats.active.inc();
-    // NOTE: the pick is held for the whole relay, so the balancer counts the connection in flight.
-    match cluster.pick() {
-        None => {
-            warn!(cluster = cluster.name(), "no endpoint to relay to; closing");
-            outcome.error = Some(ProxyError::NoHealthyEndpoint);
+    match upstream.await {
+        Err(failed) => {
+            outcome.upstream = failed.upstream;
+            outcome.error = Some(failed.error);
         }
-        Some((pick, ep)) => {
-            outcome.upstream = Some(ep.addr);
-            match cluster.connect(&ep).await {
-                Err(err) => {
-                    warn!(cluster = cluster.name(), endpoint = %ep.addr, %err, "connect failed; closing");
-                    pick.record(Duration::ZERO, EndpointOutcome::GatewayError);
-                    outcome.error = Some(ProxyError::ConnectFailure);
-                }
-                Ok(mut upstream) => {
-                    let copy = copy_bidirectional(&mut downstream, &mut upstream);
-                    tokio::select! {
-                        copied = copy => match copied {
-                            Ok((rx, tx)) => debug!(cluster = cluster.name(), rx, tx, "relay done"),
-                            Err(err) => {
-                                debug!(cluster = cluster.name(), %err, "relay ended with an error");
-                                outcome.error = Some(ProxyError::UpstreamReset);
-                            }
-                        },
-                        _ = idle => debug!(cluster = cluster.name(), "idle timeout: closing the relay"),
+        Ok(opened) => {
+            outcome.upstream = Some(opened.addr);
+            let mut upstream = PrefixedIo::new(opened.early, opened.io);
+            let copy = copy_bidirectional(&mut downstream, &mut upstream);
+            tokio::select! {
+                copied = copy => match copied {
+                    Ok((rx, tx)) => debug!(cluster = cluster.name(), rx, tx, "relay done"),
+                    Err(err) => {
+                        debug!(cluster = cluster.name(), %err, "relay ended with an error");
+                        outcome.error = Some(ProxyError::UpstreamReset);
                     }
-                }
+                },
+                _ = idle => debug!(cluster = cluster.name(), "idle timeout: closing the relay"),
             }
         }
     }
