@@ -28,9 +28,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub h2: bool,
 
-    /// Concurrent streams per HTTP/2 connection
-    #[arg(long, default_value_t = 10, value_name = "M")]
-    pub streams: usize,
+    /// Concurrent streams per HTTP/2 connection (with --h2) [default: 10]
+    #[arg(long, value_name = "M")]
+    pub streams: Option<usize>,
 
     /// Request method
     #[arg(short = 'm', long, default_value = "GET")]
@@ -78,6 +78,17 @@ pub struct BenchArgs {
     pub threads: usize,
 }
 
+/// The most `--threads`: more would only contend for the cores.
+pub const MAX_THREADS: usize = 1024;
+
+/// How a run that printed a report ended.
+#[derive(Debug)]
+struct Outcome {
+    report: crate::Report,
+    /// The exit code for the signal that stopped it (128 + its number), if one did.
+    signal: Option<u8>,
+}
+
 // === impl BenchArgs ===
 
 impl BenchArgs {
@@ -91,6 +102,11 @@ impl BenchArgs {
             headers.append(name.clone(), value.clone());
         }
         check_body_size(self.body_size)?;
+        if self.streams.is_some() && !self.h2 {
+            anyhow::bail!(
+                "--streams needs --h2 (an HTTP/1.1 connection has one request in flight)"
+            );
+        }
         let stop = match (self.duration, self.requests) {
             (_, Some(n)) => Stop::Requests(n),
             (Some(d), None) => Stop::Duration(d),
@@ -103,7 +119,7 @@ impl BenchArgs {
                 Protocol::Http1
             },
             connections: self.connections,
-            streams: self.streams,
+            streams: self.streams.unwrap_or(10),
             method,
             headers,
             body: Bytes::from(vec![b'x'; self.body_size]),
@@ -146,10 +162,22 @@ impl BenchArgs {
 
 /// Runs `pillion bench`: exit code 0 with a report, 1 with a report in which no request got a
 /// response (so a script cannot take a run that measured nothing for a result), 2 if the load
-/// could not start.
+/// could not start, 128 + the signal's number (130 for Ctrl-C) with the report of a run a signal
+/// stopped.
 pub fn main(args: BenchArgs) -> ExitCode {
     match bench(&args) {
-        Ok(report) if report.requests == 0 => {
+        Ok(Outcome {
+            signal: Some(code),
+            report,
+        }) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "interrupted: the report covers the {:.2}s measured before the signal",
+                report.duration_secs
+            );
+            ExitCode::from(code)
+        }
+        Ok(Outcome { report, .. }) if report.requests == 0 => {
             let failed = report.error_count();
             let why = if failed > 0 {
                 format!("all {failed} requests sent failed (see the errors in the report)")
@@ -168,38 +196,101 @@ pub fn main(args: BenchArgs) -> ExitCode {
     }
 }
 
-fn bench(args: &BenchArgs) -> anyhow::Result<crate::Report> {
+fn bench(args: &BenchArgs) -> anyhow::Result<Outcome> {
     let config = args.to_config()?;
     if args.threads == 0 {
         anyhow::bail!("--threads must be at least 1");
     }
-    let runtime = if args.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.threads)
-            .enable_all()
-            .build()
+    if args.threads > MAX_THREADS {
+        anyhow::bail!(
+            "--threads must be at most {MAX_THREADS}, got {}",
+            args.threads
+        );
     }
-    .context("cannot start the runtime")?;
-
-    // A closed stdout (`| head`) is not worth a panic: writes to it are allowed to fail.
-    if !args.json {
+    let runtime = build_runtime(args.threads)?;
+    runtime.block_on(async {
+        let mut signals = Signals::new()?;
+        // Ctrl-C while connecting stops here too: there is nothing to report yet.
+        let load = tokio::select! {
+            load = crate::Load::connect(config.clone()) => load?,
+            code = signals.next() => anyhow::bail!("interrupted (signal {}) before the load started", code - 128),
+        };
+        // A closed stdout (`| head`) is not worth a panic: writes to it are allowed to fail.
+        if !args.json {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", args.banner(&config));
+            let _ = out.flush();
+        }
+        let mut stderr = std::io::stderr();
+        let early = load.warnings();
+        for warning in &early {
+            let _ = writeln!(stderr, "warning: {warning}");
+        }
+        let signal = std::cell::Cell::new(None);
+        let report = load
+            .run(async {
+                signal.set(Some(signals.next().await));
+            })
+            .await?;
+        // Warnings seen only later in the run (the first connection said nothing of them).
+        for warning in &report.warnings {
+            if !early.contains(warning) {
+                let _ = writeln!(stderr, "warning: {warning}");
+            }
+        }
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", args.banner(&config));
-        let _ = out.flush();
-    }
-    let report = runtime.block_on(crate::run(config))?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        let json = serde_json::to_string_pretty(&report).context("cannot write the report")?;
-        let _ = writeln!(out, "{json}");
+        if args.json {
+            let json = serde_json::to_string_pretty(&report).context("cannot write the report")?;
+            let _ = writeln!(out, "{json}");
+        } else {
+            let _ = writeln!(out, "{report}");
+        }
+        Ok(Outcome {
+            report,
+            signal: signal.get(),
+        })
+    })
+}
+
+/// The load generator's runtime: one thread, or `threads` workers.
+fn build_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
     } else {
-        let _ = writeln!(out, "{report}");
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    builder
+        .enable_all()
+        .build()
+        .with_context(|| format!("cannot start the runtime with {threads} threads"))
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, which stop a run early with a report.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+// === impl Signals ===
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+        })
     }
-    Ok(report)
+
+    /// Waits for one; returns the exit code that reports it (128 + its number).
+    async fn next(&mut self) -> u8 {
+        tokio::select! {
+            _ = self.interrupt.recv() => 130,
+            _ = self.terminate.recv() => 143,
+        }
+    }
 }
 
 #[cfg(test)]

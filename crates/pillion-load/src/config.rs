@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Uri};
 
@@ -100,8 +100,20 @@ impl LoadConfig {
         if self.connections == 0 {
             bail!("--connections must be at least 1");
         }
+        if self.connections > MAX_CONNECTIONS {
+            bail!(
+                "--connections must be at most {MAX_CONNECTIONS}, got {}",
+                self.connections
+            );
+        }
         if self.protocol == Protocol::Http2 && self.streams == 0 {
             bail!("--streams must be at least 1");
+        }
+        if self.streams > MAX_STREAMS {
+            bail!(
+                "--streams must be at most {MAX_STREAMS}, got {}",
+                self.streams
+            );
         }
         match self.stop {
             Stop::Duration(d) if d.is_zero() => bail!("--duration must be more than 0"),
@@ -109,17 +121,58 @@ impl LoadConfig {
             _ => {}
         }
         if let Some(rate) = self.rate {
-            // NOTE: the lower bound keeps every scheduled instant representable.
-            if !rate.is_finite() || rate < 0.001 {
-                bail!("--rate must be a number of requests per second of at least 0.001");
+            // NOTE: the bounds keep every scheduled instant representable and exact.
+            if !rate.is_finite() || !(MIN_RATE..=MAX_RATE).contains(&rate) {
+                bail!("--rate must be between {MIN_RATE} and {MAX_RATE} requests per second, got {rate}");
             }
         }
-        if self.timeout.is_zero() {
-            bail!("--timeout must be more than 0");
+        if self.timeout < MIN_TIMEOUT {
+            bail!(
+                "--timeout must be at least 1ms, got {:?} (the timer has a 1 ms resolution)",
+                self.timeout
+            );
+        }
+        let mut hosts = self.headers.get_all(header::HOST).iter();
+        if let (Some(host), more) = (hosts.next(), hosts.next()) {
+            if more.is_some() {
+                bail!("-H: more than one Host header");
+            }
+            if self.protocol == Protocol::Http2 {
+                // It becomes the `:authority`, which must be a valid authority.
+                host_authority(host)?;
+            }
         }
         Ok(())
     }
 }
+
+/// A `Host` header read as an authority (`host[:port]`), as HTTP/2 sends it in `:authority`.
+pub(crate) fn host_authority(host: &HeaderValue) -> anyhow::Result<Authority> {
+    let authority = Authority::try_from(host.as_bytes())
+        .ok()
+        .filter(|a| !a.host().is_empty() && !a.as_str().contains('@'))
+        .ok_or_else(|| {
+            anyhow!(
+                "invalid Host header {:?}: with --h2 it is the :authority, host[:port]",
+                String::from_utf8_lossy(host.as_bytes())
+            )
+        })?;
+    Ok(authority)
+}
+
+/// The most connections a run takes (each is a socket, a task and a histogram).
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+
+/// The most `--streams` per HTTP/2 connection (HTTP/2 stream ids allow 2^30 per connection).
+pub const MAX_STREAMS: usize = 1 << 20;
+
+/// The lowest `--rate`, in requests per second.
+pub const MIN_RATE: f64 = 0.001;
+
+pub use crate::schedule::MAX_RATE;
+
+/// The shortest `--timeout`: tokio's timers have a 1 ms resolution.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
 /// The largest request body `--body-size` takes: the body is held in memory once, shared by
 /// every request.
@@ -166,7 +219,16 @@ impl Target {
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host)
             .to_owned();
-        let port = authority.port_u16().unwrap_or(80);
+        // NOTE: `Authority::port` is `None` both for no port and for one that does not fit
+        // in 16 bits, which must not quietly become port 80.
+        let port = match authority.as_str()[authority.host().len()..].strip_prefix(':') {
+            None | Some("") => 80,
+            Some(digits) => match digits.parse::<u16>() {
+                Ok(0) => bail!("invalid URL {url:?}: port 0"),
+                Ok(port) => port,
+                Err(_) => bail!("invalid URL {url:?}: port out of range"),
+            },
+        };
         let path = uri
             .path_and_query()
             .cloned()
@@ -266,12 +328,12 @@ pub fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
     Ok((name, value))
 }
 
-/// Parses a request rate in requests per second.
+/// Parses a request rate in requests per second, from [`MIN_RATE`] to [`MAX_RATE`].
 pub fn parse_rate(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
-        Ok(r) if r.is_finite() && r >= 0.001 => Ok(r),
+        Ok(r) if r.is_finite() && (MIN_RATE..=MAX_RATE).contains(&r) => Ok(r),
         _ => Err(format!(
-            "invalid rate {s:?}: expected requests per second, at least 0.001"
+            "invalid rate {s:?}: expected requests per second, from {MIN_RATE} to {MAX_RATE}"
         )),
     }
 }
@@ -313,7 +375,8 @@ mod tests {
     fn rates() {
         assert_eq!(parse_rate("1000"), Ok(1000.0));
         assert_eq!(parse_rate("0.5"), Ok(0.5));
-        for bad in ["0", "-3", "inf", "NaN", "fast"] {
+        assert_eq!(parse_rate("1000000000"), Ok(MAX_RATE));
+        for bad in ["0", "-3", "inf", "NaN", "fast", "1e20", "1000000001"] {
             assert!(parse_rate(bad).is_err(), "{bad:?} should not parse");
         }
     }
@@ -335,6 +398,31 @@ mod tests {
         let t = Target::parse("http://[::1]:9000/").unwrap();
         assert_eq!(t.host(), "::1");
         assert_eq!(t.authority().as_str(), "[::1]:9000");
+        assert_eq!(t.port(), 9000);
+        assert_eq!(Target::parse("http://[::1]/").unwrap().port(), 80);
+        assert_eq!(Target::parse("http://h:65535/").unwrap().port(), 65535);
+        assert_eq!(Target::parse("http://h:/").unwrap().port(), 80);
+
+        // A port that does not fit is an error, not port 80.
+        for bad in [
+            "http://127.0.0.1:99999/",
+            "http://[::1]:65536/",
+            "http://h:0/",
+        ] {
+            let error = format!("{:#}", Target::parse(bad).unwrap_err());
+            assert!(
+                error.starts_with(&format!("invalid URL {bad:?}: port")),
+                "{error}"
+            );
+        }
+        let error = format!(
+            "{:#}",
+            Target::parse("http://127.0.0.1:99999/").unwrap_err()
+        );
+        assert_eq!(
+            error,
+            "invalid URL \"http://127.0.0.1:99999/\": port out of range"
+        );
 
         for bad in [
             "",
@@ -354,6 +442,19 @@ mod tests {
         let target = Target::parse("http://127.0.0.1:1/").unwrap();
         let ok = LoadConfig::new(target);
         assert!(ok.validate().is_ok());
+        let mut two_hosts = HeaderMap::new();
+        two_hosts.append(header::HOST, HeaderValue::from_static("a"));
+        two_hosts.append(header::HOST, HeaderValue::from_static("b"));
+        let mut bad_authority = HeaderMap::new();
+        bad_authority.append(header::HOST, HeaderValue::from_static("a b"));
+        let huge_rate = LoadConfig {
+            rate: Some(1e20),
+            ..ok.clone()
+        };
+        assert_eq!(
+            format!("{:#}", huge_rate.validate().unwrap_err()),
+            "--rate must be between 0.001 and 1000000000 requests per second, got 100000000000000000000"
+        );
         let bad = [
             LoadConfig {
                 connections: 0,
@@ -377,7 +478,33 @@ mod tests {
                 ..ok.clone()
             },
             LoadConfig {
+                rate: Some(1e20),
+                ..ok.clone()
+            },
+            LoadConfig {
                 timeout: Duration::ZERO,
+                ..ok.clone()
+            },
+            LoadConfig {
+                timeout: Duration::from_micros(999),
+                ..ok.clone()
+            },
+            LoadConfig {
+                connections: MAX_CONNECTIONS + 1,
+                ..ok.clone()
+            },
+            LoadConfig {
+                protocol: Protocol::Http2,
+                streams: MAX_STREAMS + 1,
+                ..ok.clone()
+            },
+            LoadConfig {
+                headers: two_hosts,
+                ..ok.clone()
+            },
+            LoadConfig {
+                protocol: Protocol::Http2,
+                headers: bad_authority,
                 ..ok.clone()
             },
         ];

@@ -15,6 +15,9 @@ mod transport;
 mod worker;
 
 pub use cli::{main, BenchArgs};
-pub use config::{parse_duration, parse_header, parse_rate, LoadConfig, Protocol, Stop, Target};
+pub use config::{
+    parse_duration, parse_header, parse_rate, LoadConfig, Protocol, Stop, Target, MAX_CONNECTIONS,
+    MAX_RATE,
+};
 pub use report::{Errors, Latency, Mode, Report, StatusClasses};
-pub use runner::run;
+pub use runner::{run, Load, INTERRUPT_GRACE};

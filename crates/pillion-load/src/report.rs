@@ -5,19 +5,22 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 /// The result of a run. Its JSON field names are stable: scripts read them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// Responses received (any status) to measured requests.
     pub requests: u64,
-    /// The measured window: the `--duration`, or until the last of the `--requests` completed.
+    /// The measured window: from the end of the warmup until the last measured request
+    /// completed, or until sending stopped (the end of `--duration`, or the interrupt) if that
+    /// is later.
     pub duration_secs: f64,
     /// `requests / duration_secs`.
     pub rps: f64,
     /// Response body bytes received.
     pub bytes: u64,
-    /// Latency of the responses, in microseconds.
+    /// Latency of the responses, in microseconds; every field is `null` if there were none.
     pub latency_us: Latency,
     /// Requests that got no response.
     pub errors: Errors,
@@ -34,17 +37,22 @@ pub struct Report {
     pub mode: Mode,
     /// The `--rate` of an open loop.
     pub rate: Option<f64>,
+    /// The run was stopped by a signal (Ctrl-C): this is what was measured until then.
+    pub interrupted: bool,
+    /// What may make the numbers mean less than they seem (also printed on stderr).
+    pub warnings: Vec<String>,
 }
 
-/// Latency percentiles in microseconds, from an HdrHistogram with 3 significant digits.
+/// Latency percentiles in microseconds, from an HdrHistogram with 3 significant digits; `None`
+/// (`null` in JSON) when no response was measured, rather than a latency of 0.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub p999: u64,
-    pub max: u64,
-    pub mean: f64,
+    pub p50: Option<u64>,
+    pub p90: Option<u64>,
+    pub p99: Option<u64>,
+    pub p999: Option<u64>,
+    pub max: Option<u64>,
+    pub mean: Option<f64>,
 }
 
 /// Requests that failed, by kind.
@@ -106,6 +114,9 @@ pub(crate) enum ErrorKind {
 pub(crate) struct Failure {
     pub(crate) kind: ErrorKind,
     pub(crate) message: Option<String>,
+    /// The server certainly did not process the request (an HTTP/2 stream it refused, or left
+    /// unprocessed by a graceful GOAWAY), so it may be sent again.
+    pub(crate) unprocessed: bool,
 }
 
 /// What one connection task measured; merged into a [`Report`] at the end.
@@ -121,6 +132,10 @@ pub(crate) struct Stats {
     messages: Vec<ErrorMessage>,
     missed: u64,
     status: StatusClasses,
+    /// When the last measured request completed, answered or not.
+    last_end: Option<Instant>,
+    /// The lowest SETTINGS_MAX_CONCURRENT_STREAMS an HTTP/2 server announced, if any.
+    server_max_streams: Option<usize>,
 }
 
 // === impl ErrorKind ===
@@ -154,6 +169,7 @@ impl Failure {
         Self {
             kind,
             message: Some(message),
+            unprocessed: false,
         }
     }
 }
@@ -163,6 +179,7 @@ impl From<ErrorKind> for Failure {
         Self {
             kind,
             message: None,
+            unprocessed: false,
         }
     }
 }
@@ -183,7 +200,29 @@ impl Stats {
             messages: Vec::new(),
             missed: 0,
             status: StatusClasses::default(),
+            last_end: None,
+            server_max_streams: None,
         }
+    }
+
+    /// Notes that a measured request completed (answered or not) at `at`.
+    pub(crate) fn record_end(&mut self, at: Instant) {
+        self.last_end = self.last_end.max(Some(at));
+    }
+
+    /// When the last measured request completed.
+    pub(crate) fn last_end(&self) -> Option<Instant> {
+        self.last_end
+    }
+
+    /// Notes a server's SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub(crate) fn record_server_max_streams(&mut self, max: usize) {
+        self.server_max_streams = Some(self.server_max_streams.map_or(max, |m| m.min(max)));
+    }
+
+    /// The lowest SETTINGS_MAX_CONCURRENT_STREAMS a server announced.
+    pub(crate) fn server_max_streams(&self) -> Option<usize> {
+        self.server_max_streams
     }
 
     pub(crate) fn record_response(&mut self, status: u16, bytes: u64, latency: Duration) {
@@ -250,6 +289,10 @@ impl Stats {
         self.errors.timeout += other.errors.timeout;
         self.errors.other += other.errors.other;
         self.missed = self.missed.saturating_add(other.missed);
+        self.last_end = self.last_end.max(other.last_end);
+        if let Some(max) = other.server_max_streams {
+            self.record_server_max_streams(max);
+        }
         for m in &other.messages {
             self.count_message(&m.kind, m.message.clone(), m.count);
         }
@@ -272,12 +315,12 @@ impl Stats {
             Latency::default()
         } else {
             Latency {
-                p50: h.value_at_quantile(0.50),
-                p90: h.value_at_quantile(0.90),
-                p99: h.value_at_quantile(0.99),
-                p999: h.value_at_quantile(0.999),
-                max: h.max(),
-                mean: h.mean(),
+                p50: Some(h.value_at_quantile(0.50)),
+                p90: Some(h.value_at_quantile(0.90)),
+                p99: Some(h.value_at_quantile(0.99)),
+                p999: Some(h.value_at_quantile(0.999)),
+                max: Some(h.max()),
+                mean: Some(h.mean()),
             }
         };
         Report {
@@ -305,6 +348,8 @@ impl Stats {
                 Mode::Closed
             },
             rate,
+            interrupted: false,
+            warnings: Vec::new(),
         }
     }
 }
@@ -322,6 +367,12 @@ impl Report {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let l = &self.latency_us;
+        if self.interrupted {
+            writeln!(
+                f,
+                "Interrupted: stopped by a signal; this is what was measured until then"
+            )?;
+        }
         match self.rate {
             Some(rate) => writeln!(
                 f,
@@ -350,11 +401,11 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "            {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            Micros(l.p50 as f64),
-            Micros(l.p90 as f64),
-            Micros(l.p99 as f64),
-            Micros(l.p999 as f64),
-            Micros(l.max as f64),
+            Micros(l.p50.map(|v| v as f64)),
+            Micros(l.p90.map(|v| v as f64)),
+            Micros(l.p99.map(|v| v as f64)),
+            Micros(l.p999.map(|v| v as f64)),
+            Micros(l.max.map(|v| v as f64)),
             Micros(l.mean),
         )?;
         let s = &self.status;
@@ -383,12 +434,14 @@ impl fmt::Display for Report {
     }
 }
 
-/// A latency in microseconds, shown in the unit that suits it.
-struct Micros(f64);
+/// A latency in microseconds, shown in the unit that suits it; `-` if there is none.
+struct Micros(Option<f64>);
 
 impl fmt::Display for Micros {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let us = self.0;
+        let Some(us) = self.0 else {
+            return f.pad("-");
+        };
         let s = if us < 1_000.0 {
             format!("{us:.0}us")
         } else if us < 1_000_000.0 {
@@ -441,12 +494,12 @@ mod tests {
         // 3 significant digits: each value is within 0.1% of the exact percentile.
         let close = |got: u64, want: u64| got.abs_diff(want) * 1000 <= want;
         let l = r.latency_us;
-        assert!(close(l.p50, 5_000), "{l:?}");
-        assert!(close(l.p90, 9_000), "{l:?}");
-        assert!(close(l.p99, 9_900), "{l:?}");
-        assert!(close(l.p999, 9_990), "{l:?}");
-        assert!(close(l.max, 10_000), "{l:?}");
-        assert!((l.mean - 5_000.5).abs() < 5.0, "{l:?}");
+        assert!(close(l.p50.unwrap(), 5_000), "{l:?}");
+        assert!(close(l.p90.unwrap(), 9_000), "{l:?}");
+        assert!(close(l.p99.unwrap(), 9_900), "{l:?}");
+        assert!(close(l.p999.unwrap(), 9_990), "{l:?}");
+        assert!(close(l.max.unwrap(), 10_000), "{l:?}");
+        assert!((l.mean.unwrap() - 5_000.5).abs() < 5.0, "{l:?}");
     }
 
     #[test]
@@ -459,11 +512,11 @@ mod tests {
             stats.record_response(200, 0, Duration::from_secs(1));
         }
         let l = stats.report(Duration::from_secs(1), 1, None).latency_us;
-        assert_eq!(l.p50, 100);
-        assert_eq!(l.p90, 100);
-        assert_eq!(l.p99, 100);
-        assert!(l.p999.abs_diff(1_000_000) <= 1_000, "{l:?}");
-        assert!(l.max.abs_diff(1_000_000) <= 1_000, "{l:?}");
+        assert_eq!(l.p50.unwrap(), 100);
+        assert_eq!(l.p90.unwrap(), 100);
+        assert_eq!(l.p99.unwrap(), 100);
+        assert!(l.p999.unwrap().abs_diff(1_000_000) <= 1_000, "{l:?}");
+        assert!(l.max.unwrap().abs_diff(1_000_000) <= 1_000, "{l:?}");
     }
 
     #[test]
@@ -519,8 +572,8 @@ mod tests {
         assert_eq!(r.status.s2xx, 100);
         assert_eq!(r.status.s5xx, 100);
         assert_eq!(r.errors.other, 1);
-        assert!(r.latency_us.p50 <= 100, "{:?}", r.latency_us);
-        assert!(r.latency_us.p90.abs_diff(30_000_000) <= 30_000);
+        assert!(r.latency_us.p50.unwrap() <= 100, "{:?}", r.latency_us);
+        assert!(r.latency_us.p90.unwrap().abs_diff(30_000_000) <= 30_000);
         assert_eq!(r.mode, Mode::Closed);
     }
 
@@ -589,6 +642,7 @@ mod tests {
             b.record_failure(Failure {
                 kind: ErrorKind::Connect,
                 message: Some(format!("refused {i}")),
+                unprocessed: false,
             });
         }
         a.merge(&b).unwrap();
@@ -623,6 +677,13 @@ mod tests {
         assert_eq!(r.requests, 0);
         assert_eq!(r.rps, 0.0);
         assert_eq!(r.latency_us, Latency::default());
+        // No latency is not a latency of 0: JSON says null, the table says "-".
+        let json = serde_json::to_value(&r).unwrap();
+        for field in ["p50", "p90", "p99", "p999", "max", "mean"] {
+            assert!(json["latency_us"][field].is_null(), "{json}");
+        }
+        let table = r.to_string();
+        assert!(table.contains("        -         -"), "{table}");
     }
 
     #[test]
@@ -644,13 +705,15 @@ mod tests {
                 "duration_secs",
                 "error_messages",
                 "errors",
+                "interrupted",
                 "latency_us",
                 "missed",
                 "mode",
                 "rate",
                 "requests",
                 "rps",
-                "status"
+                "status",
+                "warnings"
             ]
         );
         assert_eq!(
@@ -685,7 +748,8 @@ mod tests {
         assert!(table.contains("850us"), "{table}");
         assert!(table.contains("2.50ms"), "{table}");
         assert!(table.contains("2xx 2  3xx 0"), "{table}");
-        assert_eq!(Micros(2_500_000.0).to_string(), "2.50s");
+        assert_eq!(Micros(Some(2_500_000.0)).to_string(), "2.50s");
+        assert_eq!(format!("{:>4}", Micros(None)), "   -");
         assert_eq!(Bytes(10).to_string(), "10 B");
         assert_eq!(Bytes(1536).to_string(), "1.50 KiB");
     }

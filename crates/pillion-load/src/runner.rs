@@ -1,28 +1,78 @@
 //! A whole run: resolve, connect, start one task per connection, merge their measurements.
 
+use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
-use crate::config::{LoadConfig, Stop};
+use crate::config::{LoadConfig, Protocol, Stop};
 use crate::report::{Report, Stats};
-use crate::transport::{Connector, HyperConnector};
-use crate::worker::{drive, Budget, Plan, Progress};
+use crate::transport::{Connection, Connector, HyperConnection, HyperConnector};
+use crate::worker::{drive, Budget, Halt, Plan, Progress};
+
+/// After an interrupt, how long requests in flight may still finish and be counted (at most the
+/// `--timeout`); the ones still in flight then are dropped.
+pub const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
+
+/// File descriptors kept aside for the runtime and stdio, beyond one per connection.
+const SPARE_FDS: u64 = 32;
+
+/// A load ready to run: the config is valid, the target resolved and a first connection open.
+pub struct Load {
+    config: LoadConfig,
+    connector: Arc<HyperConnector>,
+    first: HyperConnection,
+}
+
+// === impl Load ===
+
+impl Load {
+    /// Validates `config`, resolves the target and opens a first connection.
+    ///
+    /// Fails if the config is invalid, the process may not open that many connections, the
+    /// host does not resolve or the first connection cannot be made.
+    pub async fn connect(config: LoadConfig) -> anyhow::Result<Self> {
+        config.validate()?;
+        check_open_files(config.connections, open_files_limit())?;
+        let addr = resolve(&config).await?;
+        let connector = Arc::new(HyperConnector::new(addr, &config));
+        let first = connect_first(&*connector, &config).await?;
+        Ok(Self {
+            config,
+            connector,
+            first,
+        })
+    }
+
+    /// What may make the numbers mean less than they seem, known from the first connection.
+    pub fn warnings(&self) -> Vec<String> {
+        warnings(&self.config, self.first.max_streams())
+    }
+
+    /// Generates the load and reports what it measured. If `interrupt` completes first, sending
+    /// stops, requests in flight get [`INTERRUPT_GRACE`], and the report (marked `interrupted`)
+    /// covers what was measured until then.
+    pub async fn run(self, interrupt: impl Future<Output = ()>) -> anyhow::Result<Report> {
+        run_from(self.connector, &self.config, self.first, interrupt).await
+    }
+}
 
 /// Generates the load `config` describes and reports what it measured.
 ///
 /// Fails, before sending anything measured, if the config is invalid, the host does not resolve
 /// or the first connection cannot be made. Errors after that are counted in the report.
 pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
-    config.validate()?;
-    let addr = resolve(&config).await?;
-    run_with(Arc::new(HyperConnector::new(addr, &config)), &config).await
+    Load::connect(config)
+        .await?
+        .run(std::future::pending())
+        .await
 }
 
 async fn resolve(config: &LoadConfig) -> anyhow::Result<SocketAddr> {
@@ -35,14 +85,53 @@ async fn resolve(config: &LoadConfig) -> anyhow::Result<SocketAddr> {
         .ok_or_else(|| anyhow!("cannot resolve {}: no addresses", target.host()))
 }
 
-pub(crate) async fn run_with<C: Connector>(
-    connector: Arc<C>,
+/// The soft limit on open files (`ulimit -n`), if it can be read.
+fn open_files_limit() -> Option<u64> {
+    // NOTE: read from procfs, as the workspace forbids the `unsafe` of `getrlimit`; elsewhere
+    // the limit is not checked, and connects past it fail (and are counted) instead.
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    match line.split_whitespace().nth(3)? {
+        "unlimited" => None,
+        soft => soft.parse().ok(),
+    }
+}
+
+/// Rejects more connections than the open-file limit allows, before any is opened.
+fn check_open_files(connections: usize, limit: Option<u64>) -> anyhow::Result<()> {
+    let Some(limit) = limit else {
+        return Ok(());
+    };
+    let needed = (connections as u64).saturating_add(SPARE_FDS);
+    if needed > limit {
+        bail!(
+            "--connections {connections} needs about {needed} open files, but this process may \
+             open {limit} (raise it with `ulimit -n`, or use fewer connections)"
+        );
+    }
+    Ok(())
+}
+
+fn warnings(config: &LoadConfig, server_max_streams: Option<usize>) -> Vec<String> {
+    match server_max_streams {
+        Some(max) if config.protocol == Protocol::Http2 && max < config.streams => vec![format!(
+            "the server allows {max} concurrent streams per connection \
+             (SETTINGS_MAX_CONCURRENT_STREAMS), fewer than --streams {}: at most {} are in \
+             flight on each",
+            config.streams,
+            max.max(1)
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// One connection first: if it fails, the rest will too, so say so rather than count errors.
+async fn connect_first<C: Connector>(
+    connector: &C,
     config: &LoadConfig,
-) -> anyhow::Result<Report> {
-    config.validate()?;
+) -> anyhow::Result<C::Conn> {
     let target = &config.target;
-    // One connection first: if it fails, the rest will too, so say so rather than count errors.
-    let first = timeout(config.timeout, connector.connect())
+    timeout(config.timeout, connector.connect())
         .await
         .map_err(|_| {
             anyhow!(
@@ -50,8 +139,34 @@ pub(crate) async fn run_with<C: Connector>(
                 config.timeout
             )
         })?
-        .with_context(|| format!("cannot connect to {target}"))?;
+        .with_context(|| format!("cannot connect to {target}"))
+}
 
+#[cfg(test)]
+pub(crate) async fn run_with<C: Connector>(
+    connector: Arc<C>,
+    config: &LoadConfig,
+) -> anyhow::Result<Report> {
+    run_until(connector, config, std::future::pending()).await
+}
+
+#[cfg(test)]
+pub(crate) async fn run_until<C: Connector>(
+    connector: Arc<C>,
+    config: &LoadConfig,
+    interrupt: impl Future<Output = ()>,
+) -> anyhow::Result<Report> {
+    config.validate()?;
+    let first = connect_first(&*connector, config).await?;
+    run_from(connector, config, first, interrupt).await
+}
+
+async fn run_from<C: Connector>(
+    connector: Arc<C>,
+    config: &LoadConfig,
+    first: C::Conn,
+    interrupt: impl Future<Output = ()>,
+) -> anyhow::Result<Report> {
     let origin = Instant::now();
     let measure_start = origin
         .checked_add(config.warmup)
@@ -74,6 +189,7 @@ pub(crate) async fn run_with<C: Connector>(
         measure_start,
         deadline,
         budget,
+        halt: watch::Sender::new(Halt::Running),
     });
 
     // NOTE: dropping the sets (if this future is dropped) aborts the tasks.
@@ -97,21 +213,39 @@ pub(crate) async fn run_with<C: Connector>(
     }
 
     let mut total = Stats::new();
-    while let Some(stats) = tasks.join_next().await {
-        total.merge(&stats.context("a connection task failed")?)?;
+    let mut interrupt = std::pin::pin!(interrupt);
+    let mut interrupted_at = None;
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                Some(stats) => total.merge(&stats.context("a connection task failed")?)?,
+                None => break,
+            },
+            () = &mut interrupt, if interrupted_at.is_none() => {
+                interrupted_at = Some(Instant::now());
+                plan.interrupt(INTERRUPT_GRACE.min(config.timeout));
+            }
+        }
     }
-    let end = Instant::now();
     if config.progress {
         progress_line.abort_all();
         // Erase the progress line.
         let _ = write!(std::io::stderr(), "\r\x1b[2K");
     }
 
-    let duration = match config.stop {
-        Stop::Duration(d) => d,
-        Stop::Requests(_) => end.saturating_duration_since(measure_start),
+    // The window runs until sending stopped (the end of `--duration`, or the interrupt), or
+    // until the last measured request completed if that is later: responses counted are
+    // divided by the time they took to come, not by the `--duration` asked for.
+    let sending_ended = match (deadline, interrupted_at) {
+        (Some(d), Some(i)) => Some(d.min(i)),
+        (d, i) => d.or(i),
     };
-    Ok(total.report(duration, config.connections, config.rate))
+    let end = sending_ended.max(total.last_end()).unwrap_or(measure_start);
+    let duration = end.saturating_duration_since(measure_start);
+    let mut report = total.report(duration, config.connections, config.rate);
+    report.interrupted = interrupted_at.is_some();
+    report.warnings = warnings(config, total.server_max_streams());
+    Ok(report)
 }
 
 /// Rewrites one line on stderr each second: elapsed time, requests, current rate, errors.

@@ -1,11 +1,13 @@
 //! One connection's loop: sends requests, closed or open loop, and records what comes back.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::watch;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::report::{ErrorKind, Failure, Stats};
@@ -20,6 +22,10 @@ use crate::transport::{Connection, Connector, Exchange};
 /// counting such a request from its send keeps the schedule's average rate exact and the
 /// generator's timer out of the latencies.
 const EARLY: Duration = Duration::from_millis(2);
+
+/// How many times a request the server did not process (see [`Failure::unprocessed`]) is sent
+/// again before it counts as failed.
+const MAX_RESENDS: u8 = 3;
 
 /// What every connection task shares: fixed before the tasks start.
 #[derive(Debug)]
@@ -38,6 +44,20 @@ pub(crate) struct Plan {
     pub(crate) deadline: Option<Instant>,
     /// How many measured requests may be sent, over all connections (`--requests`).
     pub(crate) budget: Option<Budget>,
+    /// Whether the tasks may go on sending; every task watches it.
+    pub(crate) halt: watch::Sender<Halt>,
+}
+
+/// Whether a run goes on sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Halt {
+    /// Send as the plan says.
+    Running,
+    /// The `--requests` budget is spent: send nothing new, finish what is in flight.
+    Finish,
+    /// Interrupted (a signal) at `at`: send nothing more, and give up on whatever is still in
+    /// flight at `abandon_at`.
+    Interrupt { at: Instant, abandon_at: Instant },
 }
 
 /// A shared count of measured requests left to send.
@@ -65,11 +85,30 @@ enum Admit {
     Stop,
 }
 
+/// One request to send (or to send again).
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    /// Its latency counts from here: when it was due (open loop) or first sent.
+    intended: Instant,
+    measured: bool,
+    /// How many times it was sent before and left unprocessed by the server.
+    resends: u8,
+}
+
 /// A request that has finished, one way or the other.
 struct Done {
     result: Result<Exchange, Failure>,
     latency: Duration,
-    measured: bool,
+    attempt: Attempt,
+}
+
+/// What the schedule says about the next new request.
+enum Next {
+    Send(Attempt),
+    /// Not due yet.
+    Wait,
+    /// Nothing more is to be sent.
+    Stop,
 }
 
 /// Pauses between failed connects, so a refused port does not spin.
@@ -96,10 +135,38 @@ impl Plan {
         if intended < self.measure_start {
             return Admit::Warmup;
         }
-        match &self.budget {
-            Some(budget) if !budget.take() => Admit::Stop,
-            _ => Admit::Measured,
+        match self.budget.as_ref().map(Budget::take) {
+            Some(None) => Admit::Stop,
+            Some(Some(last)) => {
+                if last {
+                    // Connections waiting for a due time need not wait for it any more.
+                    self.halt.send_if_modified(|halt| {
+                        let running = *halt == Halt::Running;
+                        if running {
+                            *halt = Halt::Finish;
+                        }
+                        running
+                    });
+                }
+                Admit::Measured
+            }
+            None => Admit::Measured,
         }
+    }
+
+    /// Stops the run at once: nothing more is sent, and what is in flight is given `grace`.
+    pub(crate) fn interrupt(&self, grace: Duration) {
+        let at = Instant::now();
+        self.halt.send_if_modified(|halt| {
+            let first = !matches!(halt, Halt::Interrupt { .. });
+            if first {
+                *halt = Halt::Interrupt {
+                    at,
+                    abandon_at: at + grace,
+                };
+            }
+            first
+        });
     }
 }
 
@@ -113,8 +180,10 @@ impl Budget {
         }
     }
 
-    fn take(&self) -> bool {
-        self.taken.fetch_add(1, Ordering::Relaxed) < self.limit
+    /// Takes one request: `None` if none is left, else whether it was the last.
+    fn take(&self) -> Option<bool> {
+        let n = self.taken.fetch_add(1, Ordering::Relaxed);
+        (n < self.limit).then(|| n + 1 == self.limit)
     }
 }
 
@@ -146,7 +215,8 @@ impl Backoff {
 }
 
 /// Runs one connection (`slot` of `plan.connections`) until the plan says stop and its last
-/// request has finished. `conn` is an already open connection to start with, if any.
+/// request has finished (or, interrupted, until its grace is over). `conn` is an already open
+/// connection to start with, if any.
 pub(crate) async fn drive<C: Connector>(
     connector: Arc<C>,
     plan: Arc<Plan>,
@@ -159,52 +229,71 @@ pub(crate) async fn drive<C: Connector>(
         .rate
         .map(|rate| Schedule::new(plan.origin, rate, slot, plan.connections));
     let mut in_flight = FuturesUnordered::new();
+    // Requests the server did not process, to send again before any new one.
+    let mut resend: VecDeque<Attempt> = VecDeque::new();
     let mut backoff = Backoff::default();
     let mut sending = true;
     // Whether the connection in use (or the one just lost) has answered anything. A target
     // that takes connections and then fails every request on them (h2c to an HTTP/1.1-only
     // server) is reconnected to with the backoff of a failed connect, not as fast as it fails.
     let mut answered = true;
+    let mut halt = plan.halt.subscribe();
 
     loop {
-        // Send whatever may be sent now.
-        while sending && in_flight.len() < plan.per_connection {
+        let state = *halt.borrow_and_update();
+        let mut abandon_at = None;
+        match state {
+            Halt::Running => {}
+            Halt::Finish => sending = false,
+            Halt::Interrupt {
+                at,
+                abandon_at: at_most,
+            } => {
+                if sending {
+                    sending = false;
+                    if let Some(s) = &schedule {
+                        // What fell due before the interrupt and was never sent.
+                        let until = plan.deadline.map_or(at, |d| d.min(at));
+                        stats.record_missed(s.unsent_between(plan.measure_start, until));
+                    }
+                }
+                resend.clear();
+                if in_flight.is_empty() || Instant::now() >= at_most {
+                    return stats;
+                }
+                abandon_at = Some(at_most);
+            }
+        }
+
+        // Send whatever may be sent now: first what the server left unprocessed, then new
+        // requests as the plan says.
+        while in_flight.len() < capacity(&plan, conn.as_ref(), &mut stats) {
+            if !sending && resend.is_empty() {
+                break;
+            }
             if !answered && conn.as_ref().is_none_or(|c| c.is_closed()) {
                 // NOTE: once per lost connection; the next one starts unanswered again.
                 answered = true;
                 plan.pause(backoff.next()).await;
             }
-            let now = Instant::now();
-            // Open loop: a request sent late (its connection was busy, or stalled) counts its
-            // latency from when it was due, so the stall shows up in the latency instead of
-            // being hidden by sending less. One sent early (see `EARLY`) counts from the send.
-            let (due, intended) = match &schedule {
-                Some(s) if s.due() > now + EARLY => break,
-                Some(s) => (s.due(), s.due().min(now)),
-                None => (now, now),
+            let attempt = match resend.pop_front() {
+                Some(attempt) => attempt,
+                None => match next_request(&plan, schedule.as_mut()) {
+                    Next::Send(attempt) => attempt,
+                    Next::Wait => break,
+                    Next::Stop => {
+                        sending = false;
+                        if let (Some(s), Some(deadline)) = (&schedule, plan.deadline) {
+                            // The window is over. Whatever fell due in it and is still unsent
+                            // (the connection was busy: the target fell behind the rate) is
+                            // not sent now, which would stretch the run without end, but
+                            // counted, so the shortfall shows.
+                            stats.record_missed(s.unsent_between(plan.measure_start, deadline));
+                        }
+                        break;
+                    }
+                },
             };
-            if let (Some(s), Some(deadline)) = (&schedule, plan.deadline) {
-                if now >= deadline {
-                    // The window is over. Whatever fell due in it and is still unsent (the
-                    // connection was busy: the target fell behind the rate) is not sent now,
-                    // which would stretch the run without end, but counted, so the shortfall
-                    // shows.
-                    stats.record_missed(s.unsent_between(plan.measure_start, deadline));
-                    sending = false;
-                    break;
-                }
-            }
-            let measured = match plan.admit(due) {
-                Admit::Stop => {
-                    sending = false;
-                    break;
-                }
-                Admit::Warmup => false,
-                Admit::Measured => true,
-            };
-            if let Some(s) = &mut schedule {
-                s.advance();
-            }
 
             match ensure_ready(&*connector, conn.take(), plan.timeout).await {
                 Ok((c, fresh)) => {
@@ -212,14 +301,16 @@ pub(crate) async fn drive<C: Connector>(
                         answered = false;
                     }
                     let c = conn.insert(c);
-                    in_flight.push(timed(c.send(), intended, measured, plan.timeout));
+                    in_flight.push(timed(c.send(), attempt, plan.timeout));
                 }
                 Err(error) => {
-                    if measured {
+                    if attempt.measured {
                         stats.record_failure(Failure {
                             kind: ErrorKind::Connect,
                             message: Some(format!("{error:#}")),
+                            unprocessed: false,
                         });
+                        stats.record_end(Instant::now());
                         progress.record(false);
                     }
                     plan.pause(backoff.next()).await;
@@ -227,33 +318,49 @@ pub(crate) async fn drive<C: Connector>(
             }
         }
 
-        if !sending && in_flight.is_empty() {
+        if !sending && in_flight.is_empty() && resend.is_empty() {
             return stats;
         }
 
-        // Wait for a response, or for the next request to fall due.
-        let wake = if sending && in_flight.len() < plan.per_connection {
-            schedule
-                .as_ref()
-                .map(|s| s.due().checked_sub(EARLY).unwrap_or(s.due()))
-        } else {
-            None
+        // Wait for a response, for the next request to fall due, or for the run to halt.
+        let room = in_flight.len() < capacity(&plan, conn.as_ref(), &mut stats);
+        let wake = match &schedule {
+            Some(s) if sending && room => {
+                let due = s.due().checked_sub(EARLY).unwrap_or(s.due());
+                Some(plan.deadline.map_or(due, |d| d.min(due)))
+            }
+            _ => None,
         };
         tokio::select! {
             biased;
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                let measured = done.attempt.measured;
                 match done.result {
                     Ok(exchange) => {
                         answered = true;
                         backoff.reset();
-                        if done.measured {
+                        if measured {
                             stats.record_response(exchange.status, exchange.body_bytes, done.latency);
+                            stats.record_end(Instant::now());
                             progress.record(true);
                         }
                     }
+                    Err(failure) if failure.unprocessed
+                        && done.attempt.resends < MAX_RESENDS
+                        && abandon_at.is_none() =>
+                    {
+                        // The server never saw it (a refused stream, or one past a graceful
+                        // GOAWAY): not an error of the server's, send it again, still timed
+                        // from when it was first meant to go.
+                        resend.push_back(Attempt {
+                            resends: done.attempt.resends + 1,
+                            ..done.attempt
+                        });
+                    }
                     Err(failure) => {
-                        if done.measured {
+                        if measured {
                             stats.record_failure(failure);
+                            stats.record_end(Instant::now());
                             progress.record(false);
                         }
                         // An HTTP/1.1 connection that lost a request may still deliver its
@@ -264,12 +371,69 @@ pub(crate) async fn drive<C: Connector>(
                     }
                 }
             }
-            () = sleep_until(wake.unwrap_or(Instant::now())), if wake.is_some() => {}
-            // NOTE: unreachable: with nothing in flight and nothing scheduled, the loop above
-            // either sent a request or stopped sending.
+            Ok(()) = halt.changed() => {}
+            () = sleep_until(abandon_at.unwrap_or_else(Instant::now)), if abandon_at.is_some() => {
+                // The grace after an interrupt is over: what is still in flight is dropped,
+                // neither answered nor failed.
+                return stats;
+            }
+            () = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
+            // NOTE: unreachable: the halt channel lives as long as the plan.
             else => return stats,
         }
     }
+}
+
+/// How many requests may be in flight at once on this task's connection: the plan's, or fewer
+/// if the HTTP/2 server allows fewer concurrent streams (more would wait inside the client and
+/// count as the server's latency).
+fn capacity<T: Connection>(plan: &Plan, conn: Option<&T>, stats: &mut Stats) -> usize {
+    match conn.and_then(Connection::max_streams) {
+        Some(max) => {
+            stats.record_server_max_streams(max);
+            plan.per_connection.min(max.max(1))
+        }
+        None => plan.per_connection,
+    }
+}
+
+/// The next new request, if the plan has one now.
+fn next_request(plan: &Plan, schedule: Option<&mut Schedule>) -> Next {
+    let now = Instant::now();
+    if plan.deadline.is_some_and(|deadline| now >= deadline) {
+        return Next::Stop;
+    }
+    // Open loop: a request sent late (its connection was busy, or stalled) counts its latency
+    // from when it was due, so the stall shows up in the latency instead of being hidden by
+    // sending less. One sent early (see `EARLY`) counts from the send.
+    let (due, intended) = match &schedule {
+        Some(s) => {
+            let due = s.due();
+            // NOTE: checked before waiting for it, so a run whose next request falls due after
+            // its end (a low rate) ends at `--duration`, not when that request would be due.
+            if plan.deadline.is_some_and(|deadline| due >= deadline) {
+                return Next::Stop;
+            }
+            if due > now + EARLY {
+                return Next::Wait;
+            }
+            (due, due.min(now))
+        }
+        None => (now, now),
+    };
+    let measured = match plan.admit(due) {
+        Admit::Stop => return Next::Stop,
+        Admit::Warmup => false,
+        Admit::Measured => true,
+    };
+    if let Some(s) = schedule {
+        s.advance();
+    }
+    Next::Send(Attempt {
+        intended,
+        measured,
+        resends: 0,
+    })
 }
 
 /// A connection ready for a request: `conn` if it is still usable, else a new one (`true`).
@@ -291,7 +455,7 @@ async fn ensure_ready<C: Connector>(
 }
 
 /// Bounds one exchange by the timeout, and measures it from when it was meant to start.
-async fn timed<F>(exchange: F, intended: Instant, measured: bool, limit: Duration) -> Done
+async fn timed<F>(exchange: F, attempt: Attempt, limit: Duration) -> Done
 where
     F: Future<Output = Result<Exchange, Failure>>,
 {
@@ -300,8 +464,8 @@ where
         .unwrap_or_else(|_| Err(ErrorKind::Timeout.into()));
     Done {
         result,
-        latency: intended.elapsed(),
-        measured,
+        latency: attempt.intended.elapsed(),
+        attempt,
     }
 }
 
@@ -319,6 +483,7 @@ mod tests {
             measure_start: origin + Duration::from_secs(1),
             deadline: Some(origin + Duration::from_secs(2)),
             budget: None,
+            halt: watch::Sender::new(Halt::Running),
         }
     }
 
@@ -347,7 +512,10 @@ mod tests {
         assert_eq!(plan.admit(warm), Admit::Warmup);
         assert_eq!(plan.admit(hot), Admit::Measured);
         assert_eq!(plan.admit(warm), Admit::Warmup);
+        assert_eq!(*plan.halt.borrow(), Halt::Running);
         assert_eq!(plan.admit(hot), Admit::Measured);
+        // The last one tells every connection to stop sending.
+        assert_eq!(*plan.halt.borrow(), Halt::Finish);
         assert_eq!(plan.admit(hot), Admit::Stop);
         assert_eq!(plan.admit(hot), Admit::Stop);
     }

@@ -34,6 +34,13 @@ struct Scripted {
     failing_connects: std::ops::Range<u64>,
     /// A connection closes itself after this many requests.
     requests_per_connection: u64,
+    /// Requests (counting from 0 over the run) the server refuses without processing them.
+    refused: fn(u64) -> bool,
+    /// The server's SETTINGS_MAX_CONCURRENT_STREAMS.
+    max_streams: Option<usize>,
+    /// Requests in flight now, and the most there were at once.
+    in_flight: Arc<AtomicU64>,
+    peak: Arc<AtomicU64>,
 }
 
 struct ScriptedConn {
@@ -43,6 +50,10 @@ struct ScriptedConn {
     mine: u64,
     limit: u64,
     closed: Arc<AtomicBool>,
+    refused: fn(u64) -> bool,
+    max_streams: Option<usize>,
+    in_flight: Arc<AtomicU64>,
+    peak: Arc<AtomicU64>,
 }
 
 impl Scripted {
@@ -54,6 +65,10 @@ impl Scripted {
             connects: AtomicU64::new(0),
             failing_connects: 0..0,
             requests_per_connection: u64::MAX,
+            refused: |_| false,
+            max_streams: None,
+            in_flight: Arc::default(),
+            peak: Arc::default(),
         }
     }
 
@@ -80,6 +95,10 @@ impl Connector for Arc<Scripted> {
                 mine: 0,
                 limit: this.requests_per_connection,
                 closed: Arc::default(),
+                refused: this.refused,
+                max_streams: this.max_streams,
+                in_flight: this.in_flight.clone(),
+                peak: this.peak.clone(),
             })
         }
     }
@@ -98,14 +117,30 @@ impl Connection for ScriptedConn {
         Ok(())
     }
 
+    fn max_streams(&self) -> Option<usize> {
+        self.max_streams
+    }
+
     fn send(&mut self) -> impl Future<Output = Result<Exchange, Failure>> + Send + 'static {
         let n = self.sent.fetch_add(1, Ordering::Relaxed);
         let latency = (self.latency)(n);
+        let refused = (self.refused)(n);
         self.mine += 1;
         let closes = self.mine >= self.limit;
         let closed = self.closed.clone();
+        let in_flight = self.in_flight.clone();
+        let now = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(now, Ordering::Relaxed);
         async move {
             tokio::time::sleep(latency).await;
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            if refused {
+                return Err(Failure {
+                    kind: crate::report::ErrorKind::Other,
+                    message: Some("refused stream (scripted)".into()),
+                    unprocessed: true,
+                });
+            }
             if closes {
                 closed.store(true, Ordering::Relaxed);
             }
@@ -147,7 +182,7 @@ async fn open_loop_sends_at_the_rate() {
     assert_eq!(report.rps, 200.0);
     // Nothing waits: every latency is the server's 3 ms (give or take the timer's 1 ms tick).
     assert!(
-        (3_000..=4_100).contains(&report.latency_us.max),
+        (3_000..=4_100).contains(&report.latency_us.max.unwrap()),
         "{report:?}"
     );
 }
@@ -169,10 +204,10 @@ async fn open_loop_measures_a_stall_from_when_requests_were_due() {
     assert_eq!(report.requests, 100, "{report:?}");
     assert_eq!(report.error_count(), 0);
     let l = report.latency_us;
-    assert!(l.max >= 500_000, "{l:?}");
+    assert!(l.max.unwrap() >= 500_000, "{l:?}");
     // A closed loop (or a loop that measures from the send) would report ~1 ms at p90.
-    assert!(l.p90 >= 300_000, "{l:?}");
-    assert!(l.p50 >= 2_000, "{l:?}");
+    assert!(l.p90.unwrap() >= 300_000, "{l:?}");
+    assert!(l.p50.unwrap() >= 2_000, "{l:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -194,7 +229,7 @@ async fn open_loop_ends_at_the_deadline_and_counts_what_it_never_sent() {
     assert_eq!(report.error_count(), 0);
     // The backlog still shows in the latency of what was sent: the last, due at 190 ms, went out
     // at 950 ms.
-    assert!(report.latency_us.max >= 800_000, "{report:?}");
+    assert!(report.latency_us.max.unwrap() >= 800_000, "{report:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -216,9 +251,48 @@ async fn open_loop_with_a_request_count() {
     config.stop = Stop::Requests(250);
     let (report, _) = run_scripted(Scripted::fixed(Duration::from_millis(2)), &config).await;
     assert_eq!(report.requests, 250);
-    // 250 requests at 1000/s: the last is due at 249 ms and answered 2 ms later.
+    // 250 requests at 1000/s: the last is due at 249 ms, sent up to 2 ms early (`EARLY`), and
+    // answered 2 ms later; the window ends with it.
     let secs = report.duration_secs;
-    assert!((0.250..=0.253).contains(&secs), "{secs}");
+    assert!((0.248..=0.252).contains(&secs), "{secs}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_low_rate_per_connection_ends_at_the_deadline() {
+    // One request every 10 s for 1 s: the first goes out at 0, the next would be due at 10 s,
+    // after the end. The run ends with the first response, not at 10 s.
+    let mut config = config();
+    config.rate = Some(0.1);
+    let started = Instant::now();
+    let (report, scripted) = run_scripted(Scripted::fixed(Duration::from_millis(5)), &config).await;
+    assert!(
+        started.elapsed() <= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(scripted.sent.load(Ordering::Relaxed), 1);
+    assert_eq!(report.requests, 1, "{report:?}");
+    assert_eq!(report.missed, 0, "{report:?}");
+    assert_eq!(report.duration_secs, 1.0, "{report:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spent_request_budget_stops_every_connection() {
+    // 10 connections at 1 req/s in all: connection k is due at k seconds. Two requests: the
+    // ones due at 0 and 1 s; the eight others must not wait for their due times to stop.
+    let mut config = config();
+    config.connections = 10;
+    config.rate = Some(1.0);
+    config.stop = Stop::Requests(2);
+    let started = Instant::now();
+    let (report, scripted) = run_scripted(Scripted::fixed(Duration::from_millis(5)), &config).await;
+    assert!(
+        started.elapsed() <= Duration::from_millis(1_010),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(scripted.sent.load(Ordering::Relaxed), 2);
+    assert_eq!(report.requests, 2, "{report:?}");
 }
 
 // === closed loop ===
@@ -266,6 +340,155 @@ async fn warmup_is_not_counted() {
     assert_eq!(report.duration_secs, 1.0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_closed_loop_divides_by_the_time_its_responses_took() {
+    // 300 ms a response, 1 s: requests go out at 0, 300, 600 and 900 ms, and the last is
+    // answered at 1.2 s. All four are counted, over 1.2 s, not over the 1 s asked for.
+    let mut config = config();
+    let (report, _) = run_scripted(Scripted::fixed(Duration::from_millis(300)), &config).await;
+    assert_eq!(report.requests, 4, "{report:?}");
+    assert!((1.2..=1.21).contains(&report.duration_secs), "{report:?}");
+    assert!(
+        (report.rps - 4.0 / report.duration_secs).abs() < 1e-9,
+        "{report:?}"
+    );
+    // A run whose responses all came in before the end still lasted as long as it sent.
+    config.stop = Stop::Duration(Duration::from_secs(2));
+    config.rate = Some(1.0);
+    let (report, _) = run_scripted(Scripted::fixed(Duration::from_millis(1)), &config).await;
+    assert_eq!(report.requests, 2, "{report:?}");
+    assert_eq!(report.duration_secs, 2.0, "{report:?}");
+}
+
+// === interrupts ===
+
+#[tokio::test(start_paused = true)]
+async fn an_interrupt_stops_the_run_and_reports_what_was_measured() {
+    let mut config = config();
+    config.stop = Stop::Duration(Duration::from_secs(60));
+    let scripted = Arc::new(Scripted::fixed(Duration::from_millis(10)));
+    let interrupt = tokio::time::sleep(Duration::from_millis(505));
+    let report = run_until(Arc::new(scripted.clone()), &config, interrupt)
+        .await
+        .unwrap();
+    assert!(report.interrupted, "{report:?}");
+    // Sent at 0, 10, ..., 500 ms; the one sent at 500 ms is answered in the grace.
+    assert_eq!(report.requests, 51, "{report:?}");
+    assert_eq!(scripted.sent.load(Ordering::Relaxed), 51);
+    assert!(
+        (0.505..=0.511).contains(&report.duration_secs),
+        "{report:?}"
+    );
+    assert!(report.to_string().starts_with("Interrupted: "), "{report}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interrupt_abandons_what_is_still_in_flight_after_the_grace() {
+    // Every response takes 30 s; interrupted at 100 ms, the run ends after the grace with
+    // nothing answered, and says so, rather than wait for the timeout.
+    let mut config = config();
+    config.connections = 2;
+    config.timeout = Duration::from_secs(60);
+    config.rate = Some(100.0);
+    config.stop = Stop::Duration(Duration::from_secs(60));
+    let started = Instant::now();
+    let interrupt = tokio::time::sleep(Duration::from_millis(100));
+    let scripted = Arc::new(Scripted::fixed(Duration::from_secs(30)));
+    let report = run_until(Arc::new(scripted), &config, interrupt)
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took <= Duration::from_millis(100) + INTERRUPT_GRACE + Duration::from_millis(5),
+        "{took:?}"
+    );
+    assert!(report.interrupted);
+    assert_eq!(report.requests, 0, "{report:?}");
+    assert_eq!(report.error_count(), 0, "{report:?}");
+    // Each connection sent its first request and missed the ones due until the interrupt.
+    assert_eq!(report.missed, 8, "{report:?}");
+    assert_eq!(report.latency_us, crate::Latency::default());
+}
+
+// === HTTP/2 servers ===
+
+#[tokio::test(start_paused = true)]
+async fn requests_the_server_did_not_process_are_sent_again() {
+    // Requests 3, 4 and 7 are refused (as past a graceful GOAWAY): sent again, they are
+    // answered, and they count as answered, timed from their first send.
+    let mut config = config();
+    config.protocol = Protocol::Http2;
+    config.streams = 2;
+    config.stop = Stop::Requests(20);
+    let scripted = Scripted {
+        multiplexed: true,
+        refused: |n| [3, 4, 7].contains(&n),
+        ..Scripted::fixed(Duration::from_millis(10))
+    };
+    let (report, scripted) = run_scripted(scripted, &config).await;
+    assert_eq!(report.requests, 20, "{report:?}");
+    assert_eq!(report.error_count(), 0, "{report:?}");
+    assert_eq!(scripted.sent.load(Ordering::Relaxed), 23);
+    assert!(report.latency_us.max.unwrap() >= 20_000, "{report:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_refused_every_time_counts_as_failed() {
+    let mut config = config();
+    config.protocol = Protocol::Http2;
+    config.stop = Stop::Requests(1);
+    let scripted = Scripted {
+        multiplexed: true,
+        refused: |_| true,
+        ..Scripted::fixed(Duration::from_millis(1))
+    };
+    let (report, scripted) = run_scripted(scripted, &config).await;
+    assert_eq!(report.requests, 0, "{report:?}");
+    assert_eq!(report.errors.other, 1, "{report:?}");
+    assert_eq!(scripted.sent.load(Ordering::Relaxed), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_flight_requests_keep_to_the_servers_stream_limit() {
+    let mut config = config();
+    config.protocol = Protocol::Http2;
+    config.streams = 10;
+    let scripted = Scripted {
+        multiplexed: true,
+        max_streams: Some(3),
+        ..Scripted::fixed(Duration::from_millis(10))
+    };
+    let (report, scripted) = run_scripted(scripted, &config).await;
+    assert_eq!(scripted.peak.load(Ordering::Relaxed), 3);
+    assert!((290..=300).contains(&report.requests), "{report:?}");
+    assert_eq!(report.warnings.len(), 1, "{report:?}");
+    assert!(
+        report.warnings[0].starts_with("the server allows 3 concurrent streams per connection"),
+        "{report:?}"
+    );
+    // A server that allows as many says nothing.
+    config.streams = 3;
+    let scripted = Scripted {
+        multiplexed: true,
+        max_streams: Some(3),
+        ..Scripted::fixed(Duration::from_millis(10))
+    };
+    let (report, _) = run_scripted(scripted, &config).await;
+    assert!(report.warnings.is_empty(), "{report:?}");
+}
+
+#[test]
+fn connections_are_bounded_by_the_open_file_limit() {
+    assert!(check_open_files(100, Some(1024)).is_ok());
+    assert!(check_open_files(1_000_000, None).is_ok());
+    let error = check_open_files(5000, Some(1024)).unwrap_err().to_string();
+    assert_eq!(
+        error,
+        "--connections 5000 needs about 5032 open files, but this process may open 1024 \
+         (raise it with `ulimit -n`, or use fewer connections)"
+    );
+}
+
 // === errors ===
 
 #[tokio::test(start_paused = true)]
@@ -286,7 +509,7 @@ async fn timeouts_are_counted_and_spoil_an_http1_connection() {
     assert_eq!(report.errors.connect + report.errors.other, 0);
     assert_eq!(scripted.connects.load(Ordering::Relaxed), 2);
     // Failed requests are not in the latency histogram.
-    assert!(report.latency_us.max < 100_000, "{report:?}");
+    assert!(report.latency_us.max.unwrap() < 100_000, "{report:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -404,7 +627,7 @@ async fn http1_against_a_real_server() {
     assert_eq!(report.error_count(), 0);
     assert_eq!(report.bytes, 200 * 5);
     assert_eq!(report.connections, 2);
-    assert!(report.latency_us.max > 0);
+    assert!(report.latency_us.max.unwrap() > 0);
 }
 
 #[tokio::test]
