@@ -68,7 +68,9 @@ def main():
         line = line.strip()
         if not line:
             continue
-        r = json.loads(line)
+        # compare.sh's jget prints Python's None for a null field (pillion bench reports null
+        # latencies for a run in which no request got a response): read it as null.
+        r = json.loads(line.replace('"value": None}', '"value": null}'))
         values.setdefault((r["target"], r["metric"]), []).append(r["value"])
         if r["value"] is not None:
             by_round.setdefault((r["target"], r["metric"]), {})[r["round"]] = r["value"]
