@@ -475,6 +475,64 @@ async fn retried_bodies_are_replayed_whole_and_large_ones_are_sent_once() {
 }
 
 #[tokio::test]
+async fn an_early_answer_to_a_request_whose_body_is_still_coming_is_not_retried() {
+    // The upstream answers 503 as soon as it has the head and reads nothing more: the first try
+    // still holds the body (its connection is sending it), so a retry would wait for it forever.
+    let upstream = Upstream::tcp(|mut tcp| async move {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
+        }
+        let _ = tcp
+            .write_all(b"HTTP/1.1 503 Busy\r\ncontent-length: 4\r\n\r\nbusy")
+            .await;
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let listen = free_addr();
+    let size = 8 << 20;
+    let _proxy = Proxy::start(&one_route(
+        listen,
+        &[upstream.addr()],
+        &format!(
+            "retry: {{ retries: 1, on: [5xx], buffer_bytes: {}, backoff: {{ base: 1ms, max: 1ms }} }}",
+            2 * size
+        ),
+        "",
+    ))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(listen)
+        .await
+        .expect("connect");
+    let (mut rd, mut wr) = tcp.into_split();
+    // The body goes out beside the wait for the answer; the kernel's buffers take only part of it.
+    let writer = tokio::spawn(async move {
+        let head = format!("PUT /big HTTP/1.1\r\nhost: svc\r\ncontent-length: {size}\r\n\r\n");
+        wr.write_all(head.as_bytes()).await?;
+        wr.write_all(&vec![b'p'; size]).await
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    within_for(Duration::from_secs(10), "the early 503", async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match rd.read(&mut buf).await {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                other => panic!("no answer: {other:?}"),
+            }
+        }
+    })
+    .await;
+    let head = String::from_utf8_lossy(&got);
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert_eq!(upstream.connections(), 1, "not retried");
+    writer.abort();
+}
+
+#[tokio::test]
 async fn idle_pooled_upstream_connections_are_closed_after_the_cluster_idle_timeout() {
     let closed = Arc::new(AtomicUsize::new(0));
     let ended = closed.clone();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use pillion_tests::{eventually, free_addr, Echo, H1Client, Proxy, Reply, STEP};
+use pillion_tests::{eventually, free_addr, within, Echo, H1Client, Proxy, Reply, STEP};
 
 const ENDPOINTS: &str = "pillion_cluster_endpoints";
 
@@ -317,6 +317,52 @@ async fn an_endpoint_refusing_connections_is_ejected_for_gateway_failures() {
         let reply = client.get(&format!("http://svc/after/{i}")).await;
         assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     }
+}
+
+#[tokio::test]
+async fn the_clusters_own_connection_limit_does_not_eject_endpoints() {
+    // A refusal by `max_connections` is the proxy's decision, not a failure of the endpoint.
+    let (a, b) = (Echo::named("a").await, Echo::named("b").await);
+    let listen = free_addr();
+    let proxy = Proxy::start(&one_route(
+        listen,
+        &[a.addr(), b.addr()],
+        "",
+        "protocol: http1\nlimits: { max_connections: 1 }\noutlier_detection: { consecutive_gateway_failure: 2, base_ejection_time: 30s, max_ejection_percent: 100 }",
+    ))
+    .await;
+    let held = tokio::spawn(async move {
+        let mut c = H1Client::connect(listen).await;
+        c.get("http://svc/held?delay=3s").await
+    });
+    proxy
+        .wait_metric(
+            "pillion_upstream_requests_total",
+            &[("cluster", "app")],
+            1.0,
+        )
+        .await;
+    let mut client = H1Client::connect(listen).await;
+    for i in 0..6 {
+        let reply = client.get(&format!("http://svc/refused/{i}")).await;
+        assert_eq!(
+            reply.header("x-pillion-error"),
+            Some("overflow-max-connections"),
+            "{reply:?}"
+        );
+    }
+    let m = proxy.metrics().await;
+    assert_eq!(
+        m.sum("pillion_outlier_ejections_total", &[("cluster", "app")]),
+        0.0,
+        "{}",
+        m.text
+    );
+    for ep in [a.addr(), b.addr()] {
+        assert_eq!(endpoint_state(&proxy, "app", ep).await["ejected"], false);
+    }
+    let reply = within("the held request", held).await.expect("task");
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
 }
 
 // === health checks ===

@@ -442,18 +442,19 @@ where
                     if this.template.is_capped() {
                         return Poll::Ready(finish(result, *this.attempts));
                     }
+                    // A response that came before all of the request body had: its connection
+                    // (which the response holds) may still be taking the body, so the retry
+                    // could wait for the body forever. It is the answer, as sent.
+                    if result.is_ok() && !this.template.is_complete() {
+                        return Poll::Ready(finish(result, *this.attempts));
+                    }
                     let delay = match why {
                         Why::Transparent => {
                             *this.transparent_used = true;
                             None
                         }
                         Why::Policy => {
-                            if let Some(budget) = &this.config.budget {
-                                if !budget.try_withdraw() {
-                                    tracing::debug!("retry budget exhausted");
-                                    return Poll::Ready(finish(result, *this.attempts));
-                                }
-                            }
+                            // NOTE: the limit first, so a retry it refuses spends no token.
                             if this.permit.is_none() {
                                 if let Some(limit) = &this.config.retry_limit {
                                     match limit.try_acquire() {
@@ -465,6 +466,12 @@ where
                                     }
                                 }
                             }
+                            if let Some(budget) = &this.config.budget {
+                                if !budget.try_withdraw() {
+                                    tracing::debug!("retry budget exhausted");
+                                    return Poll::Ready(finish(result, *this.attempts));
+                                }
+                            }
                             let n = *this.retries;
                             *this.retries += 1;
                             let backoff = this.config.policy.as_ref().map(|p| p.backoff);
@@ -473,9 +480,12 @@ where
                         }
                     };
                     tracing::debug!(attempt = *this.attempts, ?why, ?delay, "retrying");
+                    // NOTE: a response to retry is released now, and with it its connection
+                    // and the body it was sent (the body is whole, so the retry will have it);
+                    // an error is kept, to be the answer if the body cannot be replayed.
                     this.state.set(State::Backoff {
                         sleep: delay.map(tokio::time::sleep),
-                        last: Some(result),
+                        last: result.is_err().then_some(result),
                     });
                 }
                 StateProj::Backoff { sleep, last } => {
@@ -489,12 +499,11 @@ where
                         None
                     };
                     let Some(body) = body else {
-                        let last = last
-                            .take()
-                            .unwrap_or_else(|| Err("retry polled after completion".into()));
+                        let last = last.take().unwrap_or_else(|| {
+                            Err("the request body could not be replayed for a retry".into())
+                        });
                         return Poll::Ready(finish(last, *this.attempts));
                     };
-                    // NOTE: the previous response (and its connection) is released here.
                     drop(last.take());
                     this.state.set(State::Ready { body: Some(body) });
                 }

@@ -474,9 +474,13 @@ impl Cluster {
                 rsp.body_mut().hold(pick);
                 Ok(rsp)
             }
-            Err(e) if pillion_layers::error::is::<DownstreamBodyError>(&*e) => {
-                // The client's body failed, not the endpoint: the try is not held against it.
-                debug!(cluster = %self.name, endpoint = %ep.addr, error = %e, "request body failed");
+            Err(e)
+                if pillion_layers::error::is::<DownstreamBodyError>(&*e)
+                    || pillion_layers::error::is::<pillion_layers::error::Overloaded>(&*e) =>
+            {
+                // The client's body failed, or the cluster's own limits refused the connection:
+                // not the endpoint's doing, so the try is not held against it.
+                debug!(cluster = %self.name, endpoint = %ep.addr, error = %e, "request failed before the endpoint");
                 Err(Box::new(UpstreamError {
                     addr: ep.addr,
                     source: e,

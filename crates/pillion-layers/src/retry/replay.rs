@@ -53,6 +53,11 @@ struct Replay<B> {
     seen: u64,
     /// Whether this instance yielded the trailers.
     trailers_done: bool,
+    /// Whether this instance has yielded all of the body (or failed): it gave the state back at
+    /// once, since the next try must not wait for whoever holds a finished body to drop it (hyper
+    /// keeps a request body whose response came early until the connection moves on, and the
+    /// retry holds that response).
+    ended: bool,
 }
 
 #[derive(Debug)]
@@ -62,6 +67,8 @@ struct Shared<B> {
     size_hint: SizeHint,
     /// Set once the body outgrew the cap or failed; never cleared.
     capped: AtomicBool,
+    /// Set once the original body has been read to its end within the cap: every byte is held.
+    complete: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -121,6 +128,7 @@ impl<B: Body + Unpin> ReplayBody<B> {
             cap,
             size_hint,
             capped: AtomicBool::new(false),
+            complete: AtomicBool::new(false),
         });
         Self {
             inner: Inner::Replay(Replay::new(shared)),
@@ -156,6 +164,18 @@ impl<B> ReplayBody<B> {
             Inner::Passthrough(_) => true,
             Inner::Empty => false,
             Inner::Replay(r) => r.shared.capped.load(Ordering::Acquire),
+        }
+    }
+
+    /// Whether all of the body has been read and is held, so a replay is sure to be possible.
+    pub fn is_complete(&self) -> bool {
+        match &self.inner {
+            Inner::Passthrough(_) => false,
+            Inner::Empty => true,
+            Inner::Replay(r) => {
+                r.shared.complete.load(Ordering::Acquire)
+                    && !r.shared.capped.load(Ordering::Acquire)
+            }
         }
     }
 
@@ -217,7 +237,7 @@ where
             Inner::Passthrough(body) => body.is_end_stream(),
             Inner::Empty => true,
             // NOTE: without the state we cannot tell; `false` is always safe.
-            Inner::Replay(r) => r.state.as_ref().is_some_and(|s| r.is_done(s)),
+            Inner::Replay(r) => r.ended || r.state.as_ref().is_some_and(|s| r.is_done(s)),
         }
     }
 
@@ -241,6 +261,7 @@ impl<B> Replay<B> {
             pos: 0,
             seen: 0,
             trailers_done: false,
+            ended: false,
         }
     }
 
@@ -257,6 +278,22 @@ where
     B::Error: Into<BoxError>,
 {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let frame = std::task::ready!(self.poll_next(cx));
+        let ended = match &frame {
+            Some(Ok(_)) => self.state.as_ref().is_some_and(|s| self.is_done(s)),
+            None | Some(Err(_)) => true,
+        };
+        if ended {
+            self.ended = true;
+            self.release();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.state.is_none() {
             let mut slot = self.shared.lock();
             match slot.state.take() {
@@ -302,7 +339,7 @@ where
             };
             let frame = match std::task::ready!(Pin::new(&mut *rest).poll_frame(cx)) {
                 None => {
-                    state.rest = None;
+                    state.end(&self.shared);
                     continue;
                 }
                 Some(Err(e)) => {
@@ -314,7 +351,7 @@ where
                 Some(Ok(frame)) => frame,
             };
             if rest.is_end_stream() {
-                state.rest = None;
+                state.end(&self.shared);
             }
             match frame.into_data() {
                 Ok(mut data) => {
@@ -347,8 +384,9 @@ where
     }
 }
 
-impl<B> Drop for Replay<B> {
-    fn drop(&mut self) {
+impl<B> Replay<B> {
+    /// Gives the state back, for the next instance.
+    fn release(&mut self) {
         if let Some(state) = self.state.take() {
             let waiters = {
                 let mut slot = self.shared.lock();
@@ -357,6 +395,12 @@ impl<B> Drop for Replay<B> {
             };
             waiters.into_iter().for_each(Waker::wake);
         }
+    }
+}
+
+impl<B> Drop for Replay<B> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -380,6 +424,14 @@ impl<B> Slot<B> {
 // === impl State ===
 
 impl<B> State<B> {
+    /// The original body has ended.
+    fn end<X>(&mut self, shared: &Shared<X>) {
+        self.rest = None;
+        if !self.capped {
+            shared.complete.store(true, Ordering::Release);
+        }
+    }
+
     /// Drops the copy: the body can no longer be replayed.
     fn cap<X>(&mut self, shared: &Shared<X>) {
         self.capped = true;
