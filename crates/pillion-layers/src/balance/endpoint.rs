@@ -12,6 +12,9 @@ use std::{
 };
 use tokio::time::Instant;
 
+/// The latency a gateway error counts as in the peak-EWMA estimate.
+const FAILURE_PENALTY: Duration = Duration::from_secs(1);
+
 /// One endpoint's state, shared by every [`EndpointSet`] it belongs to and every [`Pick`] of it.
 ///
 /// [`EndpointSet`]: super::EndpointSet
@@ -175,10 +178,15 @@ impl EndpointState {
             Outcome::GatewayError => &self.gateway_errors_total,
         };
         counter.fetch_add(1, Relaxed);
-        if outcome != Outcome::GatewayError {
-            self.ewma
-                .observe(now_ns, latency, self.shared.ewma_decay_ns());
-        }
+        // NOTE: a gateway error is fast (a refused connect, a reset): as a plain sample it would
+        // make a dead endpoint the cheapest. It counts as a slow answer instead, decaying from
+        // there like any other.
+        let sample = match outcome {
+            Outcome::GatewayError => latency.max(FAILURE_PENALTY),
+            _ => latency,
+        };
+        self.ewma
+            .observe(now_ns, sample, self.shared.ewma_decay_ns());
         if let Some(detector) = self.shared.detector() {
             detector.observe(self, outcome, now_ns);
         }

@@ -97,6 +97,30 @@ async fn ewma_avoids_the_slow_endpoint() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn ewma_avoids_an_endpoint_that_fails_fast() {
+    // A refused connect is answered in no time; it must not make the endpoint the cheapest.
+    fastrand::seed(5);
+    let cfg = BalanceConfig {
+        balancer: Balancer::PeakEwma,
+        ..Default::default()
+    };
+    let s = EndpointSet::new("test", addrs(3), cfg);
+    let dead = addr(1);
+    let mut counts = [0usize; 3];
+    for _ in 0..3000 {
+        advance(Duration::from_millis(1)).await;
+        let pick = s.pick().unwrap();
+        if pick.addr() == dead {
+            pick.record(Duration::from_micros(50), Outcome::GatewayError);
+        } else {
+            pick.record(Duration::from_millis(10), Outcome::Success);
+        }
+        counts[usize::from(pick.addr().port()) - 1] += 1;
+    }
+    assert!(counts[0] < 3000 / 20, "{counts:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn ewma_weighs_latency_by_load() {
     fastrand::seed(4);
     let s = set(2, Balancer::PeakEwma);
@@ -232,8 +256,9 @@ async fn snapshot_shows_every_endpoint() {
         ),
         (1, 1, 1)
     );
-    // The peak (40ms) holds; the 5ms sample came with no time elapsed; the gateway error is ignored.
-    assert!((e.ewma_ms - 40.0).abs() < 0.01, "{e:?}");
+    // The peak (40ms) held through the 5ms sample (no time elapsed); the gateway error counts as
+    // a 1s answer, a new peak.
+    assert!((e.ewma_ms - 1000.0).abs() < 0.01, "{e:?}");
     let idle = &snap.endpoints[1];
     assert_eq!(idle.in_flight, 0);
     assert!((idle.ewma_ms - 30.0).abs() < 0.01, "{idle:?}");
