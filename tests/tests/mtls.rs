@@ -315,6 +315,40 @@ async fn tcp_through_two_sidecars_relays_the_decrypted_bytes() {
 }
 
 #[tokio::test]
+async fn a_tcp_relay_over_mtls_offers_no_alpn_to_an_auto_listener() {
+    // With the cluster's ALPN (`h2` here), the server sidecar's `auto` listener would read the
+    // relayed bytes as HTTP/2.
+    let m = mesh();
+    let app = tcp_echo().await;
+    let (inbound, outbound) = (free_addr(), free_addr());
+    let _server = Proxy::start(&server_yaml(
+        inbound,
+        "auto",
+        &listener_tls("strict", &m.server, &[&m.ca.pem], "1s"),
+        app.addr(),
+        "http1",
+        "",
+    ))
+    .await;
+    let _client = Proxy::start(&client_yaml(
+        outbound,
+        "tcp",
+        inbound,
+        "http2",
+        &cluster_tls(Some(&m.client), &m.ca.pem, &[&spiffe("default", "server")]),
+    ))
+    .await;
+    let payload = b"opaque bytes, not HTTP\n".to_vec();
+    let mut tcp = tokio::net::TcpStream::connect(outbound)
+        .await
+        .expect("connect");
+    let back = roundtrip(&mut tcp, &payload)
+        .await
+        .unwrap_or_else(|(got, e)| panic!("{e} after {:?}", String::from_utf8_lossy(&got)));
+    assert_eq!(back, payload);
+}
+
+#[tokio::test]
 async fn direct_mtls_clients_get_identity_https_and_both_alpn_protocols() {
     let m = mesh();
     let echo = Echo::named("app").await;

@@ -175,8 +175,9 @@ impl ClientTls {
         self.sni.clone().unwrap_or(ServerName::IpAddress(ip.into()))
     }
 
-    /// Runs the client handshake on a connected stream, counting it. `sni_fallback` (the
-    /// endpoint's IP) names the server when no `sni` is configured.
+    /// Runs the client handshake of an opaque (TCP) relay on a connected stream, counting it,
+    /// offering no ALPN. `sni_fallback` (the endpoint's IP) names the server when no `sni` is
+    /// configured.
     ///
     /// No timeout is applied here: wrap the call in one.
     pub async fn connect<IO>(
@@ -187,7 +188,11 @@ impl ClientTls {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        self.connect_as(io, sni_fallback, None).await
+        // NOTE: no ALPN: these are opaque bytes, and a peer that trusts ALPN (an `auto` listener)
+        // must not read them as HTTP/2 or HTTP/1.1.
+        let mut config = (*self.config()).clone();
+        config.alpn_protocols.clear();
+        self.handshake(Arc::new(config), io, sni_fallback).await
     }
 
     /// [`ClientTls::connect`] offering the ALPN of `h2` (`None`: the default version's).
@@ -200,7 +205,19 @@ impl ClientTls {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let connector = tokio_rustls::TlsConnector::from(self.config_for(h2));
+        self.handshake(self.config_for(h2), io, sni_fallback).await
+    }
+
+    async fn handshake<IO>(
+        &self,
+        config: Arc<ClientConfig>,
+        io: IO,
+        sni_fallback: IpAddr,
+    ) -> Result<tokio_rustls::client::TlsStream<IO>, TlsError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let connector = tokio_rustls::TlsConnector::from(config);
         match connector.connect(self.server_name(sni_fallback), io).await {
             Ok(stream) => {
                 self.handshakes.ok();
