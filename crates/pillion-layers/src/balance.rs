@@ -238,8 +238,19 @@ impl EndpointSet {
             (0, _) => None,
             (1, _) => eps.first().filter(|e| e.available(&mut now)),
             (_, Balancer::RoundRobin) => {
-                let start = self.shared.next.fetch_add(1, Relaxed);
-                Self::scan(eps, start, &mut now)
+                let turn = self.shared.next.fetch_add(1, Relaxed);
+                let ep = &eps[turn % n];
+                if ep.available(&mut now) {
+                    return Some(ep);
+                }
+                // An unavailable endpoint's turn goes to the available ones in turn, one per
+                // round, rather than always to its successor (which would take double traffic).
+                let available = eps.iter().filter(|e| e.available(&mut now)).count();
+                if available == 0 {
+                    return None;
+                }
+                let nth = (turn / n) % available;
+                eps.iter().filter(|e| e.available(&mut now)).nth(nth)
             }
             (_, Balancer::Random) => {
                 // A few fresh draws keep the choice uniform over the available endpoints; the

@@ -132,6 +132,14 @@ async fn ewma_weighs_latency_by_load() {
     assert_eq!(spread(&s, 50), [0, 50]);
 }
 
+#[test]
+fn round_robin_spreads_an_unavailable_endpoints_turns_over_the_others() {
+    let s = set(4, Balancer::RoundRobin);
+    s.endpoints()[0].set_healthy(false);
+    let counts = spread(&s, 1200);
+    assert_eq!(counts, [0, 400, 400, 400]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn picks_skip_unhealthy_and_ejected_endpoints() {
     for balancer in ALL {
