@@ -583,6 +583,55 @@ async fn a_permissive_listener_takes_plaintext_and_mtls_on_the_same_port() {
 }
 
 #[tokio::test]
+async fn a_server_rejecting_the_client_sidecars_certificate_is_an_upstream_tls_failure() {
+    // TLS 1.3: the server's alert comes after the client finished its handshake, on the first
+    // read; it is a TLS failure to show the operator, not an endpoint resetting.
+    let m = mesh();
+    let other_ca = m.pki.ca("other-ca");
+    let stranger = m.pki.workload(
+        &other_ca,
+        "stranger",
+        "client",
+        &spiffe("default", "client"),
+        &[],
+    );
+    let echo = Echo::named("app").await;
+    let (inbound, outbound) = (free_addr(), free_addr());
+    let _server = Proxy::start(&server_yaml(
+        inbound,
+        "http",
+        &listener_tls("strict", &m.server, &[&m.ca.pem], "1s"),
+        echo.addr(),
+        "http1",
+        "",
+    ))
+    .await;
+    let client = Proxy::start(&client_yaml(
+        outbound,
+        "http",
+        inbound,
+        "http1",
+        &cluster_tls(Some(&stranger), &m.ca.pem, &[&spiffe("default", "server")]),
+    ))
+    .await;
+    let reply = H1Client::connect(outbound)
+        .await
+        .get("http://svc/rejected")
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{reply:?}");
+    assert_eq!(
+        reply.header("x-pillion-error"),
+        Some("upstream-tls-failure"),
+        "{reply:?}"
+    );
+    assert!(
+        client.log_text().contains("fatal alert"),
+        "a WARN names the alert:\n{}",
+        client.log_text()
+    );
+}
+
+#[tokio::test]
 async fn a_client_sidecar_refuses_a_server_with_the_wrong_identity_or_ca() {
     let m = mesh();
     let imposter = m.pki.workload(

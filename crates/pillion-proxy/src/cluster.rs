@@ -496,9 +496,16 @@ impl Cluster {
                     Some(tls) => {
                         warn!(cluster = %self.name, endpoint = %ep.addr, error = %tls, "upstream TLS failed")
                     }
-                    None => {
-                        debug!(cluster = %self.name, endpoint = %ep.addr, error = %e, "upstream request failed")
-                    }
+                    None => match pillion_tls::find_peer_alert(&*e) {
+                        // The endpoint rejected this proxy's certificate (TLS 1.3 says so after
+                        // the handshake, on the first read).
+                        Some(alert) => {
+                            warn!(cluster = %self.name, endpoint = %ep.addr, ?alert, error = %e, "upstream TLS failed: the endpoint sent a fatal alert")
+                        }
+                        None => {
+                            debug!(cluster = %self.name, endpoint = %ep.addr, error = %e, "upstream request failed")
+                        }
+                    },
                 }
                 Err(Box::new(UpstreamError {
                     addr: ep.addr,

@@ -109,6 +109,23 @@ pub fn find_tls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a TlsEr
     None
 }
 
+/// Finds a fatal TLS alert received from the peer in an error's `source()` chain. With TLS 1.3
+/// a server that rejects the client's certificate says so only after the client finished its
+/// handshake, on the first read: the request fails with this, not a [`TlsError`].
+pub fn find_peer_alert(err: &(dyn StdError + 'static)) -> Option<rustls::AlertDescription> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let rustls = e
+            .downcast_ref::<rustls::Error>()
+            .or_else(|| e.downcast_ref::<io::Error>().and_then(rustls_error));
+        if let Some(rustls::Error::AlertReceived(alert)) = rustls {
+            return Some(*alert);
+        }
+        cur = e.source();
+    }
+    None
+}
+
 fn rustls_error(err: &io::Error) -> Option<&rustls::Error> {
     err.get_ref()?.downcast_ref::<rustls::Error>()
 }

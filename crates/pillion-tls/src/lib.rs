@@ -25,7 +25,9 @@ mod server;
 
 pub use self::client::ClientTls;
 pub use self::connector::{MaybeTls, TlsConnector};
-pub use self::error::{find_tls_error, HandshakeFailure, IdentityMismatch, TlsError};
+pub use self::error::{
+    find_peer_alert, find_tls_error, HandshakeFailure, IdentityMismatch, TlsError,
+};
 pub use self::metrics::TlsMetrics;
 pub use self::server::{PeerInfo, ServerTls};
 

@@ -145,7 +145,8 @@ impl ProxyError {
         if find::<NoEndpoint>(err).is_some() {
             return Self::NoHealthyEndpoint;
         }
-        if pillion_tls::find_tls_error(err).is_some() {
+        if pillion_tls::find_tls_error(err).is_some() || pillion_tls::find_peer_alert(err).is_some()
+        {
             return Self::UpstreamTls;
         }
         match classify_dyn(err) {
