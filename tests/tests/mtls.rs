@@ -632,6 +632,49 @@ async fn a_server_rejecting_the_client_sidecars_certificate_is_an_upstream_tls_f
 }
 
 #[tokio::test]
+async fn health_checks_of_an_mtls_cluster_speak_its_tls() {
+    // A plaintext probe of an mTLS port fails every time: the endpoint would look down.
+    let m = mesh();
+    let echo = Echo::named("app").await;
+    let (inbound, outbound) = (free_addr(), free_addr());
+    let server = Proxy::start(&server_yaml(
+        inbound,
+        "http",
+        &listener_tls("strict", &m.server, &[&m.ca.pem], "1s"),
+        echo.addr(),
+        "http1",
+        "",
+    ))
+    .await;
+    let tls = cluster_tls(Some(&m.client), &m.ca.pem, &[&spiffe("default", "server")]);
+    let client = Proxy::start(&client_yaml(
+        outbound,
+        "http",
+        inbound,
+        "http1",
+        &format!("{tls}\n    health_check: {{ http_path: /healthz, interval: 50ms }}"),
+    ))
+    .await;
+    // Probes reached the app through the server sidecar's TLS.
+    server
+        .wait_metric(
+            HANDSHAKES,
+            &[("name", "in"), ("side", "server"), ("result", "ok")],
+            3.0,
+        )
+        .await;
+    let m = client.metrics().await;
+    let state = |s: &str| {
+        m.sum(
+            "pillion_cluster_endpoints",
+            &[("cluster", "mesh"), ("state", s)],
+        )
+    };
+    assert_eq!(state("unhealthy"), 0.0, "{}", m.text);
+    assert_eq!(state("available"), 1.0, "{}", m.text);
+}
+
+#[tokio::test]
 async fn a_client_sidecar_refuses_a_server_with_the_wrong_identity_or_ca() {
     let m = mesh();
     let imposter = m.pki.workload(

@@ -82,7 +82,28 @@ pub enum HealthCheckError {
 pub trait EndpointSource: Send + Sync + 'static {
     /// The endpoints to probe this round.
     fn current_endpoints(&self) -> Vec<Arc<EndpointState>>;
+
+    /// Opens a probe's connection to `addr`, as the cluster's requests would reach it (TLS when
+    /// the cluster originates it). A plain TCP connect by default.
+    fn dial(&self, addr: SocketAddr) -> future::BoxFuture<'static, std::io::Result<ProbeIo>> {
+        Box::pin(dial_tcp(addr))
+    }
 }
+
+/// A plain TCP connection for a probe.
+async fn dial_tcp(addr: SocketAddr) -> std::io::Result<ProbeIo> {
+    let stream = TcpStream::connect(addr).await?;
+    let _ = stream.set_nodelay(true);
+    Ok(Box::new(stream))
+}
+
+/// A probe's connection.
+pub type ProbeIo = Box<dyn ProbeStream>;
+
+/// What a probe's connection must be: a byte stream.
+pub trait ProbeStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> ProbeStream for T {}
 
 /// Per-endpoint health state, atomics written only by the checker (and operators).
 #[derive(Debug)]
@@ -105,11 +126,13 @@ pub fn spawn_health_checks<S: EndpointSource>(
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let Some(endpoints) = source.upgrade().map(|s| s.current_endpoints()) else {
+            let Some(source) = source.upgrade() else {
                 return;
             };
+            let endpoints = source.current_endpoints();
             future::join_all(endpoints.iter().map(|ep| async {
-                let result = check_endpoint(ep.addr(), &cfg.kind, cfg.timeout).await;
+                let dial = source.dial(ep.addr());
+                let result = check_on(ep.addr(), dial, &cfg.kind, cfg.timeout).await;
                 ep.health().on_probe(ep, result, &cfg);
             }))
             .await;
@@ -123,19 +146,30 @@ pub async fn check_endpoint(
     kind: &HealthCheckKind,
     timeout: Duration,
 ) -> Result<(), HealthCheckError> {
-    tokio::time::timeout(timeout, probe(addr, kind))
+    check_on(addr, dial_tcp(addr), kind, timeout).await
+}
+
+/// Probes over the connection `dial` opens, within `timeout` (the connect included).
+async fn check_on(
+    addr: SocketAddr,
+    dial: impl std::future::Future<Output = std::io::Result<ProbeIo>>,
+    kind: &HealthCheckKind,
+    timeout: Duration,
+) -> Result<(), HealthCheckError> {
+    tokio::time::timeout(timeout, probe(addr, dial, kind))
         .await
         .map_err(|_| HealthCheckError::Timeout(timeout))?
 }
 
-async fn probe(addr: SocketAddr, kind: &HealthCheckKind) -> Result<(), HealthCheckError> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(HealthCheckError::Connect)?;
+async fn probe(
+    addr: SocketAddr,
+    dial: impl std::future::Future<Output = std::io::Result<ProbeIo>>,
+    kind: &HealthCheckKind,
+) -> Result<(), HealthCheckError> {
+    let stream = dial.await.map_err(HealthCheckError::Connect)?;
     let HealthCheckKind::Http { path } = kind else {
         return Ok(());
     };
-    let _ = stream.set_nodelay(true);
     let request = Request::get(path.as_str())
         .header(header::HOST, addr.to_string())
         .header(header::USER_AGENT, "pillion-health-check")

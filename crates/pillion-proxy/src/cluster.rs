@@ -520,6 +520,28 @@ impl EndpointSource for Cluster {
     fn current_endpoints(&self) -> Vec<Arc<EndpointState>> {
         self.resolved.load().set.endpoints().to_vec()
     }
+
+    /// With the cluster's TLS (its HTTP/1.1 ALPN), so a probe reaches an mTLS endpoint as
+    /// requests do.
+    fn dial(
+        &self,
+        addr: SocketAddr,
+    ) -> futures_util::future::BoxFuture<'static, std::io::Result<pillion_layers::health::ProbeIo>>
+    {
+        let tls = self.tcp_tls.clone();
+        Box::pin(async move {
+            let stream = TcpStream::connect(addr).await?;
+            let _ = stream.set_nodelay(true);
+            Ok(match tls {
+                None => Box::new(stream) as pillion_layers::health::ProbeIo,
+                Some(tls) => Box::new(
+                    tls.connect_as(stream, addr.ip(), Some(false))
+                        .await
+                        .map_err(std::io::Error::other)?,
+                ),
+            })
+        })
+    }
 }
 
 impl std::fmt::Debug for Cluster {
