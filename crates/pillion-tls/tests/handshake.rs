@@ -50,7 +50,7 @@ async fn mtls_ok_identity_and_alpn() {
     let mut s = setup().await;
     let c = client(&s, "web", &[&id("server")], true);
     let mut stream = c
-        .connect(s.server.tcp().await, s.server.ip())
+        .connect_as(s.server.tcp().await, s.server.ip(), None)
         .await
         .unwrap();
     let peer = s.server.next().await.unwrap();
@@ -75,13 +75,22 @@ async fn mtls_ok_identity_and_alpn() {
     // Without h2, ALPN picks http/1.1.
     let c = client(&s, "api", &["spiffe://td.test/ns/default/*"], false);
     let stream = c
-        .connect(s.server.tcp().await, s.server.ip())
+        .connect_as(s.server.tcp().await, s.server.ip(), None)
         .await
         .unwrap();
     let peer = s.server.next().await.unwrap();
     assert_eq!(peer.identity.as_deref(), Some(id("api").as_str()));
     assert!(!peer.alpn_h2);
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+
+    // An opaque (TCP relay) connection offers no ALPN at all.
+    let stream = c
+        .connect(s.server.tcp().await, s.server.ip())
+        .await
+        .unwrap();
+    let peer = s.server.next().await.unwrap();
+    assert!(!peer.alpn_h2);
+    assert_eq!(stream.get_ref().1.alpn_protocol(), None);
 
     let ok = |side: &str, name: &str| {
         sample(
@@ -94,7 +103,7 @@ async fn mtls_ok_identity_and_alpn() {
             ],
         )
     };
-    assert_eq!(ok("server", "inbound"), Some(2.0));
+    assert_eq!(ok("server", "inbound"), Some(3.0));
     assert_eq!(ok("client", "web"), Some(1.0));
     assert!(sample(
         &s.registry,
