@@ -319,6 +319,103 @@ async fn an_endpoint_refusing_connections_is_ejected_for_gateway_failures() {
     }
 }
 
+/// A listener that accepts connections and never answers on them.
+async fn silent_endpoint() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("local addr");
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn an_endpoint_that_never_answers_is_ejected_for_its_timeouts() {
+    // A timed-out try counts as a gateway failure of its endpoint, as a 504 from it would.
+    let a = Echo::named("a").await;
+    let (silent, task) = silent_endpoint().await;
+    let listen = free_addr();
+    let proxy = Proxy::start(&one_route(
+        listen,
+        &[a.addr(), silent],
+        "timeout: 300ms",
+        "protocol: http1\noutlier_detection: { consecutive_gateway_failure: 2, base_ejection_time: 30s, max_ejection_percent: 50 }",
+    ))
+    .await;
+    let mut timed_out = 0;
+    for i in 0..12 {
+        let mut client = H1Client::connect(listen).await;
+        let reply = client.get(&format!("http://svc/before/{i}")).await;
+        if reply.status != StatusCode::OK {
+            assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{reply:?}");
+            assert_eq!(reply.header("x-pillion-error"), Some("request-timeout"));
+            timed_out += 1;
+        }
+    }
+    assert!(
+        (1..=3).contains(&timed_out),
+        "two timeouts in a row eject the endpoint: {timed_out} timed out"
+    );
+    wait_endpoints(&proxy, "app", &[("ejected", 1.0), ("available", 1.0)]).await;
+    assert_eq!(endpoint_state(&proxy, "app", silent).await["ejected"], true);
+    let mut client = H1Client::connect(listen).await;
+    for i in 0..10 {
+        let reply = client.get(&format!("http://svc/after/{i}")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    }
+    task.abort();
+}
+
+#[tokio::test]
+async fn requests_the_client_gives_up_on_do_not_eject_the_endpoint() {
+    // A try dropped because its client went away, before any timeout, is no failure of the
+    // endpoint.
+    let a = Echo::named("a").await;
+    let listen = free_addr();
+    let proxy = Proxy::start(&one_route(
+        listen,
+        &[a.addr()],
+        "timeout: 30s",
+        "protocol: http1\noutlier_detection: { consecutive_gateway_failure: 1, base_ejection_time: 30s, max_ejection_percent: 100 }",
+    ))
+    .await;
+    for i in 1..=3 {
+        let mut client = H1Client::connect(listen).await;
+        let slow = tokio::spawn(async move {
+            client.get("http://svc/slow?delay=20s").await;
+        });
+        proxy
+            .wait_metric(
+                "pillion_upstream_requests_total",
+                &[("cluster", "app")],
+                f64::from(i),
+            )
+            .await;
+        slow.abort();
+        let _ = slow.await;
+    }
+    // The proxy has seen the clients leave once no request is in flight on the endpoint.
+    eventually("no request in flight", || async {
+        (endpoint_state(&proxy, "app", a.addr()).await["in_flight"] == 0).then_some(())
+    })
+    .await;
+    let m = proxy.metrics().await;
+    assert_eq!(
+        m.sum("pillion_outlier_ejections_total", &[("cluster", "app")]),
+        0.0,
+        "{}",
+        m.text
+    );
+    let mut client = H1Client::connect(listen).await;
+    let reply = client.get("http://svc/after").await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+}
+
 #[tokio::test]
 async fn the_clusters_own_connection_limit_does_not_eject_endpoints() {
     // A refusal by `max_connections` is the proxy's decision, not a failure of the endpoint.

@@ -138,6 +138,29 @@ async fn sigint_on_an_idle_proxy_exits_zero() {
 }
 
 #[tokio::test]
+async fn sighup_is_logged_and_ignored() {
+    let gated = gated_upstream().await;
+    let (mut proxy, listen) = proxy_to(&gated.upstream, "5s").await;
+    let mut client = H1Client::connect(listen).await;
+    proxy.signal(Signal::SIGHUP);
+    eventually("the proxy logging the SIGHUP", || {
+        let text = proxy.log_text();
+        async move { text.contains("SIGHUP ignored").then_some(()) }
+    })
+    .await;
+    assert!(proxy.try_wait().is_none(), "SIGHUP stopped the proxy");
+    // The connection opened before the signal still works, and the proxy is still ready.
+    assert_eq!(client.get("http://svc/fast").await.status, StatusCode::OK);
+    assert_eq!(
+        proxy.try_admin_get("/ready").await.map(|r| r.status),
+        Some(StatusCode::OK)
+    );
+    proxy.sigterm();
+    let status = proxy.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{status}\n{}", proxy.log_text());
+}
+
+#[tokio::test]
 async fn sigterm_lets_an_in_flight_h2_stream_finish_after_goaway() {
     let mut gated = gated_upstream().await;
     let (mut proxy, listen) = proxy_to(&gated.upstream, "30s").await;

@@ -34,7 +34,8 @@ pub use crate::error::{classify, FailureKind, RequestFailed};
 use crate::{
     error::{self, TimeoutKind},
     limit::{Counter, Permit},
-    timeout, BoxError,
+    timeout::{self, Deadlined},
+    BoxError,
 };
 
 /// The default replay buffer cap: 64 KiB.
@@ -288,12 +289,14 @@ where
         }
 
         let per_try = config.policy.as_ref().and_then(|p| p.per_try_timeout);
-        let first = self.inner.call(Request::from_parts(parts.clone(), body));
+        let first = attempt(
+            &mut self.inner,
+            Request::from_parts(parts.clone(), body),
+            per_try,
+        );
         let svc = self.inner.clone();
         ResponseFuture::retrying(Box::pin(RetryFuture {
-            state: State::Attempt {
-                fut: timeout::ResponseFuture::new(first, per_try, TimeoutKind::PerTry),
-            },
+            state: State::Attempt { fut: first },
             svc,
             config: config.clone(),
             parts,
@@ -516,13 +519,30 @@ where
                     };
                     let req = Request::from_parts(this.parts.clone(), body);
                     let per_try = this.config.policy.as_ref().and_then(|p| p.per_try_timeout);
-                    let fut = this.svc.call(req);
+                    let fut = attempt(this.svc, req, per_try);
                     *this.attempts += 1;
-                    this.state.set(State::Attempt {
-                        fut: timeout::ResponseFuture::new(fut, per_try, TimeoutKind::PerTry),
-                    });
+                    this.state.set(State::Attempt { fut });
                 }
             }
+        }
+    }
+}
+
+/// Sends one try of a request, bounded by `per_try` (whose deadline the request carries).
+fn attempt<S, B>(
+    svc: &mut S,
+    mut req: Request<B>,
+    per_try: Option<Duration>,
+) -> timeout::ResponseFuture<S::Future>
+where
+    S: Service<Request<B>>,
+{
+    match per_try {
+        None => timeout::ResponseFuture::new(svc.call(req), None, TimeoutKind::PerTry),
+        Some(after) => {
+            let at = tokio::time::Instant::now() + after;
+            req.tighten_deadline(at);
+            timeout::ResponseFuture::until(svc.call(req), at, after, TimeoutKind::PerTry)
         }
     }
 }

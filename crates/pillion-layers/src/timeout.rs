@@ -6,6 +6,11 @@
 //! The timer covers the response future (until the response headers arrive), not the streaming of
 //! the response body (the proxy bounds a route's body with what is left of the route's timeout).
 //! With no duration the layer is a pass-through (no timer is created).
+//!
+//! Each timeout also writes its deadline into the request (a [`Deadline`] extension, the earliest
+//! of the timeouts it runs under), so that the service at the bottom, whose future a firing timer
+//! drops, can tell a try cut by a timeout (the endpoint's failure: Envoy counts it as a gateway
+//! error for outlier detection) from one the client cancelled.
 
 use std::{
     future::Future,
@@ -14,10 +19,40 @@ use std::{
     time::Duration,
 };
 
+use tokio::time::Instant;
 use tower::{Layer, Service};
 
 pub use crate::error::{Elapsed, TimeoutKind};
 use crate::BoxError;
+
+/// The earliest deadline of the timeouts a request runs under, a request extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadline(pub Instant);
+
+/// A request that can carry the [`Deadline`] of its timeouts.
+pub trait Deadlined {
+    /// Lowers the request's deadline to `at` unless it is already earlier.
+    fn tighten_deadline(&mut self, at: Instant);
+}
+
+impl<B> Deadlined for http::Request<B> {
+    fn tighten_deadline(&mut self, at: Instant) {
+        let ext = self.extensions_mut();
+        match ext.get_mut::<Deadline>() {
+            Some(d) => d.0 = d.0.min(at),
+            None => {
+                ext.insert(Deadline(at));
+            }
+        }
+    }
+}
+
+impl Deadline {
+    /// The deadline `req` carries, if a timeout set one.
+    pub fn of<B>(req: &http::Request<B>) -> Option<Instant> {
+        req.extensions().get::<Deadline>().map(|d| d.0)
+    }
+}
 
 /// Applies a timeout to every request of the inner service.
 #[derive(Clone, Debug)]
@@ -76,6 +111,7 @@ impl<S> Timeout<S> {
 
 impl<S, Req> Service<Req> for Timeout<S>
 where
+    Req: Deadlined,
     S: Service<Req>,
     S::Error: Into<BoxError>,
 {
@@ -87,8 +123,14 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
-        ResponseFuture::new(self.inner.call(req), self.after, self.kind)
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let Some(after) = self.after else {
+            return ResponseFuture::new(self.inner.call(req), None, self.kind);
+        };
+        // NOTE: one clock read for the deadline and the timer, so the two agree exactly.
+        let at = Instant::now() + after;
+        req.tighten_deadline(at);
+        ResponseFuture::until(self.inner.call(req), at, after, self.kind)
     }
 }
 
@@ -114,6 +156,16 @@ impl<F> ResponseFuture<F> {
             inner,
             sleep: after.map(tokio::time::sleep),
             after: after.unwrap_or_default(),
+            kind,
+        }
+    }
+
+    /// Races `inner` against a timer firing at `at`, reported as a timeout of `after`.
+    pub fn until(inner: F, at: Instant, after: Duration, kind: TimeoutKind) -> Self {
+        Self {
+            inner,
+            sleep: Some(tokio::time::sleep_until(at)),
+            after,
             kind,
         }
     }
@@ -148,8 +200,12 @@ where
 mod tests {
     use super::*;
     use crate::error;
-    use tokio::time::Instant;
     use tower_test::{assert_request_eq, mock};
+
+    // The mock requests of these tests carry no deadline.
+    impl Deadlined for &'static str {
+        fn tighten_deadline(&mut self, _: Instant) {}
+    }
 
     #[tokio::test(start_paused = true)]
     async fn fires_at_exactly_the_configured_time() {
@@ -171,6 +227,33 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_request_carries_the_earliest_deadline_of_its_timeouts() {
+        let start = Instant::now();
+        for (outer, inner, want) in [(250, 100, 100), (100, 250, 100), (300, 300, 300)] {
+            let stack = tower::ServiceBuilder::new()
+                .layer(TimeoutLayer::request(Duration::from_millis(outer)))
+                .layer(TimeoutLayer::per_try(Duration::from_millis(inner)));
+            let (mut svc, mut handle) = mock::spawn_layer::<http::Request<()>, (), _>(stack);
+            assert!(svc.poll_ready().is_ready());
+            let _fut = svc.call(http::Request::new(()));
+            let (req, _tx) = handle.next_request().await.expect("a request");
+            assert_eq!(
+                Deadline::of(&req),
+                Some(start + Duration::from_millis(want)),
+                "{outer} ms around {inner} ms"
+            );
+        }
+        // No duration, no deadline.
+        let (mut svc, mut handle) = mock::spawn_layer::<http::Request<()>, (), _>(
+            TimeoutLayer::new(None, TimeoutKind::Request),
+        );
+        assert!(svc.poll_ready().is_ready());
+        let _fut = svc.call(http::Request::new(()));
+        let (req, _tx) = handle.next_request().await.expect("a request");
+        assert_eq!(Deadline::of(&req), None);
     }
 
     #[tokio::test(start_paused = true)]

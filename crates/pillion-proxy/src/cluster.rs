@@ -442,15 +442,18 @@ impl Cluster {
             to_origin_form(&mut req);
         }
         this.upstream.requests.inc();
-        let started = Instant::now();
+        let deadline = pillion_layers::timeout::Deadline::of(&req);
+        let pending = PendingTry::new(pick, &ep, deadline);
         if h2 {
             Box::pin(async move {
                 let result = this.h2.send_h2(&ep, req).await;
+                let (pick, started) = pending.settle();
                 this.record(result, pick, &ep, started)
             })
         } else {
             Box::pin(async move {
                 let result = this.h1.send_h1(&ep, req).await;
+                let (pick, started) = pending.settle();
                 this.record(result, pick, &ep, started)
             })
         }
@@ -513,6 +516,55 @@ impl Cluster {
                 }))
             }
         }
+    }
+}
+
+/// A try on its way to an endpoint. Dropped before it settles, which happens when a timeout
+/// fires or the client goes away, it records the try as a gateway error if its deadline has
+/// passed: an endpoint that never answers is then slow to the latency estimate and a failure to
+/// outlier detection, as one that answers 504 is. A cancelled try records nothing.
+struct PendingTry {
+    pick: Option<pillion_layers::balance::Pick>,
+    stats: Option<EndpointStats>,
+    started: Instant,
+    deadline: Option<Instant>,
+}
+
+impl PendingTry {
+    fn new(pick: pillion_layers::balance::Pick, ep: &Endpoint, deadline: Option<Instant>) -> Self {
+        Self {
+            pick: Some(pick),
+            stats: ep.stats.clone(),
+            started: Instant::now(),
+            deadline,
+        }
+    }
+
+    /// The try ended with a result (recorded by the caller).
+    fn settle(mut self) -> (pillion_layers::balance::Pick, Instant) {
+        let pick = self.pick.take();
+        match pick {
+            Some(pick) => (pick, self.started),
+            // NOTE: `pick` is only taken here, and `settle` takes `self`.
+            None => unreachable!("a try settles once"),
+        }
+    }
+}
+
+impl Drop for PendingTry {
+    fn drop(&mut self) {
+        let (Some(pick), Some(deadline)) = (self.pick.take(), self.deadline) else {
+            return;
+        };
+        let now = Instant::now();
+        if now < deadline {
+            return;
+        }
+        let elapsed = pick.record_since(self.started, Outcome::GatewayError);
+        if let Some(s) = &self.stats {
+            s.record(504, elapsed);
+        }
+        debug!(endpoint = %pick.addr(), ?elapsed, "try timed out: recorded as a gateway error");
     }
 }
 

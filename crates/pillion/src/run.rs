@@ -7,7 +7,7 @@ use pillion_proxy::Proxy;
 use pillion_telemetry::{access_log::AccessLog, init_tracing, LogControl, LogFormat, Metrics};
 use std::{path::Path, path::PathBuf, process::ExitCode, sync::Arc};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 /// Exit code for a config that cannot be used.
 const EXIT_CONFIG: u8 = 2;
@@ -210,6 +210,15 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
 /// Binds everything, serves until SIGTERM, SIGINT or `/shutdown`, then drains and exits.
 /// `/drain` drains without exiting.
 async fn serve(config: Config, log: LogControl) -> ExitCode {
+    // Installed before anything is bound: a signal that arrives once the sidecar can be seen
+    // (its ports, its `ready` line) is handled, never the default action that kills it.
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     pillion_telemetry::register_process_metrics(
@@ -340,7 +349,7 @@ async fn serve(config: Config, log: LogControl) -> ExitCode {
     }
     proxy.resolve().await;
 
-    tokio::spawn(watch_signals(shutdown.clone(), access_log));
+    tokio::spawn(signals.watch(shutdown.clone(), access_log));
     let stop_accepting = CancellationToken::new();
     {
         let (drain, shutdown, stop, admin) = (
@@ -371,39 +380,53 @@ async fn serve(config: Config, log: LogControl) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// SIGTERM or SIGINT: drain and exit (a second one exits at once). SIGUSR1: reopen the access log.
-async fn watch_signals(shutdown: CancellationToken, access_log: Option<AccessLog>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int, mut usr1) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::user_defined1()),
-    ) {
-        (Ok(t), Ok(i), Ok(u)) => (t, i, u),
-        (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => {
-            error!("cannot install signal handlers: {e}");
-            return;
-        }
-    };
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM"),
-            _ = int.recv() => info!("SIGINT"),
-            _ = usr1.recv() => {
-                if let Some(l) = &access_log {
-                    l.reopen();
+/// The signals the sidecar handles, registered with the runtime.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// SIGTERM or SIGINT: drain and exit (a second one exits at once). SIGUSR1: reopen the
+    /// access log. SIGHUP (a closed terminal, or a reload habit): logged and otherwise ignored,
+    /// as Envoy does; the config is read once, at start.
+    async fn watch(mut self, shutdown: CancellationToken, access_log: Option<AccessLog>) {
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => info!("SIGTERM"),
+                _ = self.int.recv() => info!("SIGINT"),
+                _ = self.usr1.recv() => {
+                    if let Some(l) = &access_log {
+                        l.reopen();
+                    }
+                    info!("SIGUSR1: reopening the access log");
+                    continue;
                 }
-                info!("SIGUSR1: reopening the access log");
-                continue;
+                _ = self.hup.recv() => {
+                    info!("SIGHUP ignored: the config is read only at start; restart to apply a new one");
+                    continue;
+                }
             }
+            if draining {
+                warn!("second signal: exiting without waiting for the drain");
+                std::process::exit(i32::from(EXIT_RUNTIME));
+            }
+            info!("draining");
+            draining = true;
+            shutdown.cancel();
         }
-        if draining {
-            warn!("second signal: exiting without waiting for the drain");
-            std::process::exit(i32::from(EXIT_RUNTIME));
-        }
-        info!("draining");
-        draining = true;
-        shutdown.cancel();
     }
 }
