@@ -998,6 +998,11 @@ listeners:
         match: {{ prefix: /delay }}
         cluster: app
         fault: {{ delay: {{ percent: 100, duration: 300ms }} }}
+      - name: late
+        match: {{ prefix: /late }}
+        cluster: app
+        timeout: 200ms
+        fault: {{ delay: {{ percent: 100, duration: 5s }} }}
       - name: half
         match: {{ prefix: /half }}
         cluster: app
@@ -1024,6 +1029,17 @@ clusters:
     assert!(
         took >= Duration::from_millis(300),
         "a 300ms delay fault, answered in {took:?}"
+    );
+
+    // The route's timeout covers an injected delay, as it covers a slow upstream: a delay
+    // longer than the timeout is a 504, not an empty 200 cut at once.
+    let start = Instant::now();
+    let reply = client.get("http://svc/late").await;
+    assert_proxy_error(&reply, StatusCode::GATEWAY_TIMEOUT, "request-timeout");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "answered at the 200ms timeout, not after the 5s delay: {:?}",
+        start.elapsed()
     );
 
     let mut aborted = 0;

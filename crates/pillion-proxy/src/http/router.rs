@@ -43,7 +43,7 @@ pub struct Route {
     pub policy: Option<pillion_tls::authz::Policy>,
 }
 
-/// A route's service stack towards one cluster: rate limit, fault injection, request timeout,
+/// A route's service stack towards one cluster: rate limit, request timeout, fault injection,
 /// retries (with the cluster's budget), the cluster's request limit, then the cluster.
 pub type RouteService = BoxCloneSyncService<
     Request<RequestBody>,
@@ -408,8 +408,11 @@ impl Policies {
         let svc = ServiceBuilder::new()
             // NOTE: layers a route does not configure are left out, not passed through.
             .option_layer(self.rate_limit.clone().map(RateLimitLayer::shared))
-            .option_layer(self.fault.clone().map(|f| FaultLayer::new(Some(f))))
+            // NOTE: the timeout above the fault, so that it bounds an injected delay as it
+            // bounds a slow upstream, from when the request was routed (the response body's
+            // deadline is counted from then too).
             .option_layer(self.timeout.map(TimeoutLayer::request))
+            .option_layer(self.fault.clone().map(|f| FaultLayer::new(Some(f))))
             .layer(
                 // NOTE: the transparent retry of requests nothing of which was sent is made by the
                 // endpoint pool itself (a reused connection that refuses a request), so this
