@@ -81,9 +81,11 @@ impl std::fmt::Debug for Target {
 enum Targets {
     One(Target),
     /// Cumulative weights and their targets; `total` is the last cumulative weight.
+    /// NOTE: u64, so the sum of any number of u32 weights cannot overflow (nor saturate, which
+    /// would starve the clusters past the overflow).
     Split {
-        targets: Vec<(u32, Target)>,
-        total: u32,
+        targets: Vec<(u64, Target)>,
+        total: u64,
     },
 }
 
@@ -258,10 +260,10 @@ impl Route {
         let targets = match &cfg.cluster {
             Some(c) => Targets::One(target(c)?),
             None => {
-                let mut total = 0u32;
+                let mut total = 0u64;
                 let mut targets = Vec::with_capacity(cfg.split.len());
                 for w in cfg.split.iter().filter(|w| w.weight > 0) {
-                    total = total.saturating_add(w.weight);
+                    total += u64::from(w.weight);
                     targets.push((total, target(&w.cluster)?));
                 }
                 if total == 0 {
@@ -329,7 +331,7 @@ impl Route {
         match &self.targets {
             Targets::One(t) => t,
             Targets::Split { targets, total } => {
-                let r = fastrand::u32(0..*total);
+                let r = fastrand::u64(0..*total);
                 let i = targets.partition_point(|(cum, _)| *cum <= r);
                 // NOTE: r < total = last cumulative weight, so i is always in bounds.
                 &targets[i.min(targets.len() - 1)].1
@@ -476,10 +478,19 @@ mod tests {
     use prometheus_client::registry::Registry;
 
     fn table(routes: &str) -> RouteTable {
+        table_of(routes, true)
+    }
+
+    /// With `validate` false, a table of what validation would reject.
+    fn table_of(routes: &str, validate: bool) -> RouteTable {
         let text = format!(
             "listeners:\n  - name: l\n    address: 127.0.0.1:1\n    protocol: http\n    routes:\n{routes}\nclusters:\n  - {{name: a, endpoints: [127.0.0.1:1]}}\n  - {{name: b, endpoints: [127.0.0.1:2]}}\n  - {{name: c, endpoints: [127.0.0.1:3]}}\n"
         );
-        let cfg = Config::load(&text, "t").unwrap();
+        let cfg = if validate {
+            Config::load(&text, "t").unwrap()
+        } else {
+            Config::from_yaml(&text, "t").unwrap()
+        };
         let metrics = std::sync::Arc::new(Metrics::register(&mut Registry::default()));
         let clusters = cfg
             .clusters
@@ -576,5 +587,26 @@ mod tests {
         let a = counts["a"];
         assert!((7_000..8_000).contains(&a), "{counts:?}");
         assert!(!counts.contains_key("c"), "{counts:?}");
+    }
+
+    #[test]
+    fn split_weights_near_u32_max_do_not_overflow() {
+        // Validation caps the total at u32::MAX; the router's sums are u64 whatever it gets, so
+        // no cluster past a u32 overflow is starved.
+        let t = table_of(
+            "      - split: [{cluster: a, weight: 4294967295}, {cluster: b, weight: 4294967295}, {cluster: c, weight: 4294967295}]",
+            false,
+        );
+        let route = t.route(&req("x", "/", &[])).unwrap();
+        let mut counts = HashMap::new();
+        for _ in 0..9_000 {
+            *counts
+                .entry(route.target().cluster.name().to_string())
+                .or_insert(0) += 1;
+        }
+        for c in ["a", "b", "c"] {
+            let n = counts.get(c).copied().unwrap_or(0);
+            assert!((2_500..3_500).contains(&n), "{counts:?}");
+        }
     }
 }
