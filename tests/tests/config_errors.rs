@@ -365,3 +365,40 @@ fn check_loads_tls_files_and_policies() {
     assert!(stderr.contains("clusters[0].tls"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn run_rejects_a_log_level_typo_without_binding() {
+    let dir = TempDir::new().unwrap();
+    let listen = free_addr();
+    let yaml = format!(
+        "admin:\n  address: {}\n  health_address: null\nlisteners:\n  - name: in\n    address: {listen}\n    cluster: app\nclusters:\n  - name: app\n    endpoints: [127.0.0.1:9]\n",
+        free_addr()
+    );
+    let path = write(&dir, "c", &yaml);
+    for (level, says) in [
+        ("inof", "`inof` is not a log level"),
+        (
+            "info,pillion_proxy=verbose",
+            "`pillion_proxy=verbose` is not a log directive",
+        ),
+    ] {
+        let out = pillion(
+            &[
+                "run",
+                "--config",
+                path.to_str().unwrap(),
+                "--log-level",
+                level,
+            ],
+            LIMIT,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{level}: {stderr}");
+        assert!(stderr.contains(&format!("--log-level: {says}")), "{stderr}");
+        assert!(
+            stderr.contains("off, error, warn, info, debug, trace"),
+            "{stderr}"
+        );
+        assert!(is_bindable(listen), "{level}: {listen} left bound");
+    }
+}

@@ -8,6 +8,7 @@
 mod error;
 mod load;
 mod locate;
+mod log_filter;
 mod model;
 mod resilience;
 mod tls;
@@ -15,6 +16,7 @@ mod validate;
 mod value;
 
 pub use self::error::{ConfigError, ConfigErrors};
+pub use self::log_filter::{check_log_filter, LOG_LEVELS};
 pub use self::model::*;
 pub use self::resilience::*;
 pub use self::tls::*;

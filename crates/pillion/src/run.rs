@@ -185,6 +185,18 @@ fn check_tls(config: &Config) -> Vec<(String, String)> {
 }
 
 fn init_log(log: &LogArgs) -> Result<LogControl, String> {
+    // NOTE: checked here, before logging starts: tracing reads a typo (`inof`) as a target and
+    // would quietly log nothing.
+    let (filter, from) = match &log.log_level {
+        Some(l) => (Some(l.clone()), "--log-level"),
+        None => (
+            std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()),
+            "RUST_LOG",
+        ),
+    };
+    if let Some(filter) = filter {
+        pillion_config::check_log_filter(&filter).map_err(|e| format!("{from}: {e}"))?;
+    }
     let format = match log.log_format {
         LogFormatArg::Plain => LogFormat::Plain,
         LogFormatArg::Json => LogFormat::Json,
