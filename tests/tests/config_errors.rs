@@ -246,6 +246,24 @@ fn run_validates_before_binding_even_when_the_port_is_taken() {
 }
 
 #[test]
+fn check_accepts_a_file_that_starts_with_a_byte_order_mark() {
+    let dir = TempDir::new().unwrap();
+    let yaml = format!(
+        "\u{feff}admin:\n  address: {}\nlisteners:\n  - name: in\n    address: {}\n    cluster: app\nclusters:\n  - name: app\n    endpoints: [127.0.0.1:9]\n",
+        free_addr(),
+        free_addr()
+    );
+    let path = write(&dir, "bom", &yaml);
+    let out = pillion(&["check", path.to_str().unwrap()], LIMIT);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn check_accepts_a_good_config() {
     let dir = TempDir::new().unwrap();
     let yaml = format!(

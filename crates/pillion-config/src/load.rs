@@ -43,6 +43,7 @@ impl Config {
 
     /// Parses a configuration without the semantic checks of [`Config::validate`].
     pub fn from_yaml(text: &str, file: &str) -> Result<Self, ConfigErrors> {
+        let text = strip_bom(text);
         if text.trim().is_empty() {
             return Err(ConfigError {
                 file: file.to_string(),
@@ -78,6 +79,12 @@ impl Config {
             .into()
         })
     }
+}
+
+/// The text without a UTF-8 byte order mark, which some Windows editors write first: YAML
+/// allows one, but serde_yaml would read it as part of the first key.
+pub(crate) fn strip_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
 /// serde_yaml appends "at line L column C" to its messages; the location is reported separately.
@@ -187,6 +194,69 @@ clusters:
         assert!(d.contains("key: '[redacted]'"), "{d}");
         assert!(!d.contains("/secret/k.pem"), "{d}");
         assert!(d.contains("/c.pem"), "{d}");
+    }
+
+    #[test]
+    fn byte_order_mark_is_ignored() {
+        let text = format!("\u{feff}{GOOD}");
+        let c = Config::load(&text, "t.yaml").unwrap();
+        assert_eq!(c.listeners[0].name, "in");
+        // Errors still point at the right line and column.
+        let e = err(&text.replace("127.0.0.1:15006", "nope"));
+        assert_eq!((e.line, e.column), (Some(3), Some(14)), "{e}");
+        // A file that is nothing but a mark is empty.
+        assert!(err("\u{feff}\n").message.contains("empty"));
+    }
+
+    #[test]
+    fn retry_on_errors_use_the_users_words() {
+        let route = |on: &str| {
+            GOOD.replace(
+                "    cluster: app\n",
+                &format!(
+                    "    cluster: app\n    protocol: http\n    routes:\n      - cluster: app\n        retry: {{on: [{on}]}}\n"
+                ),
+            )
+        };
+        for (on, shows) in [
+            ("true", "boolean `true`"),
+            ("5.5", "5.5"),
+            ("-1", "`-1`"),
+            ("700", "`700`"),
+            ("5xxx", "`5xxx`"),
+            ("{a: 1}", "map"),
+        ] {
+            let e = err(&route(on));
+            assert_eq!(e.path, "listeners[0].routes[0].retry.on[0]", "{e}");
+            assert_eq!(e.line, Some(8), "{on}: {e}");
+            assert!(e.message.contains(shows), "{on}: {e}");
+            assert!(
+                e.message.contains("connect-failure, reset, refused-stream"),
+                "{e}"
+            );
+            assert!(
+                !e.message.contains("Raw") && !e.message.contains("untagged"),
+                "{e}"
+            );
+        }
+        let c = Config::load(&route("503, \"409\", 5xx"), "t.yaml").unwrap();
+        let on = &c.listeners[0].routes[0].retry.as_ref().unwrap().on;
+        assert_eq!(on.len(), 3);
+    }
+
+    #[test]
+    fn a_header_given_twice_is_an_error() {
+        // A map would keep the last value only, and `X-Env` and `x-env` are one header.
+        for add in ["{x-env: a, x-env: b}", "{x-env: a, X-Env: b}"] {
+            let text = GOOD.replace(
+                "    cluster: app\n",
+                &format!("    cluster: app\n    routes:\n      - cluster: app\n        request_headers: {{add: {add}}}\n"),
+            );
+            let e = err(&text);
+            assert_eq!(e.path, "listeners[0].routes[0].request_headers.add", "{e}");
+            assert_eq!(e.line, Some(7), "{e}");
+            assert!(e.message.contains("is given twice"), "{e}");
+        }
     }
 
     #[test]

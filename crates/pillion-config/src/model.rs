@@ -2,7 +2,7 @@
 
 use crate::resilience::*;
 use crate::tls::{AuthzRule, ClusterTls, ListenerTls};
-use crate::value::{opt_socket_addr, socket_addr, Duration, Endpoint, HostPattern};
+use crate::value::{header_map, opt_socket_addr, socket_addr, Duration, Endpoint, HostPattern};
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, net::SocketAddr};
 
@@ -217,7 +217,11 @@ pub struct WeightedCluster {
 #[serde(deny_unknown_fields)]
 pub struct HeaderRewrite {
     /// Set these headers, replacing any value already there.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "header_map",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub add: BTreeMap<String, String>,
     /// Remove these headers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -199,11 +199,7 @@ impl std::str::FromStr for RetryOn {
             "gateway-error" => Self::GatewayError,
             code => match code.parse::<u16>() {
                 Ok(c) if (100..=599).contains(&c) => Self::Status(c),
-                _ => {
-                    return Err(format!(
-                        "expected connect-failure, reset, refused-stream, 5xx, gateway-error or a status code, got `{s}`"
-                    ))
-                }
+                _ => return Err(format!("expected {RETRY_ON_EXPECTED}, got `{s}`")),
             },
         })
     }
@@ -224,19 +220,32 @@ impl std::fmt::Display for RetryOn {
 
 impl<'de> Deserialize<'de> for RetryOn {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Accept `503` written as a number as well as a string.
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u16),
-            S(String),
+        // NOTE: a visitor rather than an untagged enum, so that a value of the wrong type gets
+        // this message and not serde's "did not match any variant of untagged enum ...".
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RetryOn;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(RETRY_ON_EXPECTED)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RetryOn, E> {
+                v.parse().map_err(E::custom)
+            }
+            // `503` written as a number as well as a string.
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RetryOn, E> {
+                v.to_string().parse().map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RetryOn, E> {
+                v.to_string().parse().map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => n.to_string().parse().map_err(serde::de::Error::custom),
-            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(V)
     }
 }
+
+/// What `retry.on` accepts, in the user's words.
+const RETRY_ON_EXPECTED: &str =
+    "connect-failure, reset, refused-stream, 5xx, gateway-error or a status code (100 to 599)";
 
 impl Serialize for RetryOn {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

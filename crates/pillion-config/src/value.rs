@@ -3,7 +3,8 @@
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::{fmt, net::SocketAddr, str::FromStr};
 
-/// A duration written as a string: `250ms`, `2s`, `1m`, `1h` (a whole number and a unit).
+/// A duration written as a string: `250ms`, `2s`, `1m`, `1h` (a whole number and a unit), at
+/// most [`Duration::MAX`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Duration(pub std::time::Duration);
 
@@ -30,6 +31,10 @@ pub enum HostPattern {
 // === impl Duration ===
 
 impl Duration {
+    /// The longest duration a config may give: 8760h (a year). Longer ones are typos, and
+    /// NOTE: the cap keeps `Instant + duration` from overflowing (a panic) at run time.
+    pub const MAX: Self = Self::from_secs(8760 * 3600);
+
     /// Builds from milliseconds.
     pub const fn from_millis(ms: u64) -> Self {
         Self(std::time::Duration::from_millis(ms))
@@ -58,6 +63,11 @@ impl FromStr for Duration {
             "h" => std::time::Duration::from_secs(n.saturating_mul(3600)),
             _ => return Err(expected()),
         };
+        if d > Self::MAX.0 {
+            return Err(format!(
+                "expected a duration of at most 8760h (a year), got `{s}`"
+            ));
+        }
         Ok(Self(d))
     }
 }
@@ -252,6 +262,34 @@ pub(crate) fn opt_socket_addr<'de, D: Deserializer<'de>>(
     Option::<Wrap>::deserialize(d).map(|o| o.map(|w| w.0))
 }
 
+/// Deserializes header names to values, rejecting a name given twice: a map would keep only
+/// the last value, and header names are case-insensitive (`X-Env` and `x-env` are one header).
+pub(crate) fn header_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    struct V;
+    impl<'de> de::Visitor<'de> for V {
+        type Value = std::collections::BTreeMap<String, String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a mapping of header names to values")
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = std::collections::BTreeMap::new();
+            let mut seen = std::collections::HashSet::new();
+            while let Some((name, value)) = map.next_entry::<String, String>()? {
+                if !seen.insert(name.to_ascii_lowercase()) {
+                    return Err(de::Error::custom(format!(
+                        "header `{name}` is given twice (names are case-insensitive); expected each header once"
+                    )));
+                }
+                out.insert(name, value);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(V)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +304,19 @@ mod tests {
         assert!("s".parse::<Duration>().is_err());
         assert!("2 days".parse::<Duration>().is_err());
         assert!("-1s".parse::<Duration>().is_err());
+        assert_eq!("8760h".parse::<Duration>(), Ok(Duration::MAX));
+        for long in [
+            "8761h",
+            "525601m",
+            "31536001s",
+            "99999999999999999h",
+            "31536000001ms",
+        ] {
+            let e = long.parse::<Duration>().unwrap_err();
+            assert!(e.contains("at most 8760h") && e.contains(long), "{e}");
+        }
+        // Too many digits for a number at all: still a duration error, not a panic.
+        assert!("999999999999999999999999s".parse::<Duration>().is_err());
         for s in ["250ms", "2s", "1m", "1h", "90s", "1500ms", "5us"] {
             assert_eq!(
                 s.parse::<Duration>().map(|d| d.to_string()),
