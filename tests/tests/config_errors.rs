@@ -158,6 +158,97 @@ fn cases() -> Vec<Case> {
             Some("protocol: tcp"),
             &["cluster"],
         ),
+        case(
+            "listener name unfit for a metric label",
+            format!("listeners:\n  - name: \"in bound\"\n    address: {listen}\n    cluster: app\n{cluster}"),
+            Some("in bound"),
+            &["listeners[0].name: the listener name `in bound`"],
+        ),
+        case(
+            "route named like the catch-all",
+            format!("{listener}    routes:\n      - name: default\n        cluster: app\n{cluster}"),
+            Some("name: default"),
+            &["`default` is reserved"],
+        ),
+        case(
+            "split weights past u32",
+            format!("{listener}    routes:\n      - split: [{{cluster: app, weight: 4294967295}}, {{cluster: app, weight: 1}}]\n{cluster}"),
+            Some("split:"),
+            &["add up to 4294967296"],
+        ),
+        case(
+            "rewrite of a framing header",
+            format!("{listener}    routes:\n      - cluster: app\n        request_headers: {{add: {{content-length: \"0\"}}}}\n{cluster}"),
+            Some("content-length"),
+            &["request_headers.add.content-length"],
+        ),
+        case(
+            "pseudo-header rewrite",
+            format!("{listener}    routes:\n      - cluster: app\n        response_headers:\n          remove: [\":status\"]\n{cluster}"),
+            Some(":status"),
+            &["pseudo-header"],
+        ),
+        case(
+            "header added twice",
+            format!("{listener}    routes:\n      - cluster: app\n        request_headers:\n          add: {{x-env: a, X-Env: b}}\n{cluster}"),
+            Some("X-Env"),
+            &["given twice"],
+        ),
+        case(
+            "absurd duration",
+            format!("drain_timeout: 1000000h\n{listener}{cluster}"),
+            Some("1000000h"),
+            &["drain_timeout", "at most 8760h"],
+        ),
+        case(
+            "zero fault delay",
+            format!("{listener}    routes:\n      - cluster: app\n        fault: {{delay: {{percent: 1, duration: 0ms}}}}\n{cluster}"),
+            Some("fault:"),
+            &["fault.delay.duration"],
+        ),
+        case(
+            "access log template with an unknown field",
+            format!("access_log:\n  format: \"%method% %colour%\"\n{listener}{cluster}"),
+            Some("%colour%"),
+            &["%colour%"],
+        ),
+        case(
+            "access log buffer of zero",
+            format!("access_log:\n  buffer: 0\n{listener}{cluster}"),
+            Some("buffer: 0"),
+            &["access_log.buffer: expected 1 to 1048576"],
+        ),
+        case(
+            "access log in a directory that does not exist",
+            format!("access_log:\n  path: /nonexistent-pillion/access.log\n{listener}{cluster}"),
+            Some("path:"),
+            &["`/nonexistent-pillion` does not exist"],
+        ),
+        case(
+            "health address on a listener's",
+            // `head` ends inside `admin:`, so this line is part of it.
+            format!("  health_address: {listen}\n{listener}{cluster}"),
+            Some("    address: "),
+            &["already used by admin.health_address"],
+        ),
+        case(
+            "dual-stack wildcard beside an IPv4 wildcard",
+            format!("listeners:\n  - name: v6\n    address: \"[::]:{port}\"\n    cluster: app\n  - name: v4\n    address: 0.0.0.0:{port}\n    cluster: app\n{cluster}", port = listen.port()),
+            Some("0.0.0.0:"),
+            &["already used by listeners[0].address"],
+        ),
+        case(
+            "retry condition of the wrong type",
+            format!("{listener}    routes:\n      - cluster: app\n        retry: {{on: [true]}}\n{cluster}"),
+            Some("retry:"),
+            &["retry.on[0]: invalid type: boolean `true`, expected connect-failure, reset"],
+        ),
+        case(
+            "http-only key on a tcp listener",
+            format!("{listener}    protocol: tcp\n    request_id: false\n{cluster}"),
+            Some("request_id"),
+            &["`request_id` applies only to http and auto listeners"],
+        ),
     ]
 }
 

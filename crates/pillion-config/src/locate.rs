@@ -44,6 +44,11 @@ impl Locations {
         Self(indexer.found)
     }
 
+    /// Whether the document gives `path` itself (not only an ancestor of it).
+    pub(crate) fn has(&self, path: &str) -> bool {
+        self.0.contains_key(path)
+    }
+
     /// The position of `path`, or of its nearest ancestor that has one.
     pub(crate) fn find(&self, path: &str) -> Option<(usize, usize)> {
         let mut p = path;
@@ -158,6 +163,8 @@ clusters: []
         assert_eq!(l.find("clusters"), Some((10, 11)));
         // Unknown paths fall back to their nearest ancestor.
         assert_eq!(l.find("listeners[1].nope").map(|p| p.0), Some(8));
+        assert!(l.has("listeners[0].routes"));
+        assert!(!l.has("listeners[1].routes"));
     }
 
     #[test]
