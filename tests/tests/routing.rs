@@ -276,6 +276,47 @@ clusters:
 }
 
 #[tokio::test]
+async fn a_route_may_rewrite_the_host_for_http1_and_http2_upstreams() {
+    let echo = Echo::named("app").await;
+    let listen = free_addr();
+    let _proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: rewrite
+    address: {listen}
+    protocol: http
+    routes:
+      - match: {{prefix: /h1}}
+        cluster: h1
+        request_headers: {{add: {{host: "api.internal:8443"}}}}
+      - match: {{prefix: /h2}}
+        cluster: h2
+        request_headers: {{add: {{host: "api.internal:8443"}}}}
+clusters:
+  - name: h1
+    endpoints: [{addr}]
+  - name: h2
+    endpoints: [{addr}]
+    protocol: http2
+"#,
+        addr = echo.addr()
+    ))
+    .await;
+    let mut client = H1Client::connect(listen).await;
+    let seen = get_with(&mut client, "http://svc/h1", &[]).await.echo();
+    assert_eq!(seen.version, "HTTP/1.1", "{seen:?}");
+    assert_eq!(seen.header("host"), Some("api.internal:8443"), "{seen:?}");
+    let seen = get_with(&mut client, "http://svc/h2", &[]).await.echo();
+    assert_eq!(seen.version, "HTTP/2.0", "{seen:?}");
+    assert_eq!(
+        seen.header(":authority"),
+        Some("api.internal:8443"),
+        "{seen:?}"
+    );
+    assert_eq!(seen.header("host"), None, "{seen:?}");
+}
+
+#[tokio::test]
 async fn every_condition_of_a_match_must_hold() {
     let (both, fallback) = (Echo::named("both").await, Echo::named("fallback").await);
     let listen = free_addr();
