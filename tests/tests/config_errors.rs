@@ -468,10 +468,21 @@ fn check_loads_tls_files_and_policies() {
     let out = pillion(&["check", path.to_str().unwrap()], LIMIT);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("listeners[0].tls"), "{stderr}");
+    // Located like every other error: the line of the key.
+    let file = path.display();
+    assert!(
+        stderr.contains(&format!("{file}:6:10: listeners[0].tls")),
+        "{stderr}"
+    );
     assert!(stderr.contains("missing.pem"), "{stderr}");
-    assert!(stderr.contains("listeners[0].authz"), "{stderr}");
-    assert!(stderr.contains("clusters[0].tls"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{file}:8:7: listeners[0].authz")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{file}:12:10: clusters[0].tls")),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 

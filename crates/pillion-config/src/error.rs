@@ -23,6 +23,21 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 
 // === impl ConfigError ===
 
+impl ConfigError {
+    /// An error about `path` (such as `listeners[0].tls`) found outside this crate, for example
+    /// when a certificate it names does not load, located in `text` like every other.
+    pub fn located(text: &str, file: &str, path: &str, message: impl Into<String>) -> Self {
+        let at = crate::locate::Locations::index(crate::load::strip_bom(text)).find(path);
+        Self {
+            file: file.to_string(),
+            line: at.map(|(l, _)| l),
+            column: at.map(|(_, c)| c),
+            path: path.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file)?;
@@ -68,5 +83,22 @@ impl std::error::Error for ConfigErrors {}
 impl From<ConfigError> for ConfigErrors {
     fn from(e: ConfigError) -> Self {
         Self(vec![e])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn located_errors_point_at_their_key() {
+        let text = "\u{feff}listeners:\n  - name: a\n    tls: {cert: c.pem, key: k.pem}\n";
+        let e = ConfigError::located(text, "t.yaml", "listeners[0].tls", "cannot read c.pem");
+        assert_eq!(
+            e.to_string(),
+            "t.yaml:3:10: listeners[0].tls: cannot read c.pem"
+        );
+        let e = ConfigError::located("", "t.yaml", "clusters[0].tls", "x");
+        assert_eq!(e.to_string(), "t.yaml: clusters[0].tls: x");
     }
 }

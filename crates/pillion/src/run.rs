@@ -139,7 +139,10 @@ fn load(file: Option<&Path>) -> Result<Config, ExitCode> {
         Ok(config)
     } else {
         for (path, e) in problems {
-            eprintln!("error: {name}: {path}: {e}");
+            eprintln!(
+                "error: {}",
+                pillion_config::ConfigError::located(&text, &name, &path, e)
+            );
         }
         Err(ExitCode::from(EXIT_CONFIG))
     }
