@@ -154,6 +154,10 @@ async fn log_levels_change_at_run_time() {
     assert_eq!(r.text().trim(), "info,pillion_proxy=debug");
     let r = call(admin, "POST", "/logging?level=[bad").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    // A typo is refused, not taken for a target that would silence every log.
+    let r = call(admin, "POST", "/logging?level=inof").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("not a log level"), "{}", r.text());
     let r = call(admin, "POST", "/logging").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
     assert!(

@@ -324,7 +324,10 @@ async fn serve(config: Config, log: LogControl) -> ExitCode {
         },
         set_log_filter: {
             let log = log.clone();
-            Box::new(move |f| log.set(f).map(|()| log.current()))
+            Box::new(move |f| {
+                pillion_config::check_log_filter(f)?;
+                log.set(f).map(|()| log.current())
+            })
         },
         drain: drain.clone(),
         shutdown: shutdown.clone(),
