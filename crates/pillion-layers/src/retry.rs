@@ -87,9 +87,11 @@ pub struct RetryOn {
     pub reset: bool,
     /// HTTP/2 `REFUSED_STREAM` (any method).
     pub refused_stream: bool,
-    /// Any 5xx response, and per-try timeouts (idempotent methods).
+    /// Any 5xx response (idempotent methods), and no response at all: what `connect_failure`,
+    /// `refused_stream` and `reset` retry, and per-try timeouts (idempotent methods).
     pub status_5xx: bool,
-    /// 502, 503 and 504 responses, and per-try timeouts (idempotent methods).
+    /// 502, 503 and 504 responses (idempotent methods), and no response at all, as
+    /// `status_5xx`.
     pub gateway_error: bool,
     /// These response statuses (idempotent methods).
     pub statuses: Vec<u16>,
@@ -573,11 +575,14 @@ fn decide<RB>(
                 return Some(Why::Transparent);
             }
             let on = &policy?.on;
+            // NOTE: no response at all is a gateway error the proxy answers for the upstream
+            // (502, 503 or 504), so `5xx` and `gateway-error` retry it too, as in Envoy.
+            let no_response = on.status_5xx || on.gateway_error;
             let retry = match classify(e)? {
-                FailureKind::ConnectFailure => on.connect_failure,
-                FailureKind::RefusedStream => on.refused_stream,
-                FailureKind::Reset => idempotent && on.reset,
-                FailureKind::Timeout => idempotent && (on.status_5xx || on.gateway_error),
+                FailureKind::ConnectFailure => on.connect_failure || no_response,
+                FailureKind::RefusedStream => on.refused_stream || no_response,
+                FailureKind::Reset => idempotent && (on.reset || no_response),
+                FailureKind::Timeout => idempotent && no_response,
                 FailureKind::Other => false,
             };
             retry.then_some(Why::Policy)

@@ -248,8 +248,8 @@ async fn post_is_retried_on_connect_failure_and_refused_stream() {
 #[tokio::test(start_paused = true)]
 async fn connect_failures_are_not_retried_unless_configured() {
     let on = RetryOn {
-        gateway_error: true,
         reset: true,
+        statuses: vec![503],
         ..RetryOn::default()
     };
     let (mut svc, mut handle) = mock::spawn_layer(RetryLayer::new(Some(policy(3, on))));
@@ -586,4 +586,45 @@ async fn over_the_real_client() {
     assert_eq!(rsp.status(), 200);
     assert_eq!(rsp.extensions().get::<Attempts>(), Some(&Attempts(2)));
     assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_5xx_and_gateway_error_retry_no_response_at_all() {
+    // As in Envoy: an upstream that does not answer is a gateway error too.
+    for on in [
+        RetryOn {
+            status_5xx: true,
+            ..RetryOn::default()
+        },
+        gateway(),
+    ] {
+        for (what, failure) in [
+            ("connect failure", connect_error().await),
+            ("reset", reset()),
+            ("refused stream", refused_stream()),
+        ] {
+            let (mut svc, mut handle) =
+                mock::spawn_layer(RetryLayer::new(Some(policy(1, on.clone()))));
+            let (res, _) = run(
+                &mut svc,
+                &mut handle,
+                req(Method::GET, ""),
+                vec![Err(failure), Ok(status(200))],
+            )
+            .await;
+            let rsp = res.unwrap_or_else(|e| panic!("{what} on {on:?} not retried: {e}"));
+            assert_eq!(attempts(&rsp), 2, "{what} on {on:?}");
+        }
+        // A POST the upstream may have read is still not retried after a reset.
+        let (mut svc, mut handle) = mock::spawn_layer(RetryLayer::new(Some(policy(1, on.clone()))));
+        let (res, _) = run(
+            &mut svc,
+            &mut handle,
+            req(Method::POST, "x"),
+            vec![Err(reset()), Ok(status(200))],
+        )
+        .await;
+        let err = res.expect_err("a POST reset is not retried");
+        assert_eq!(error::attempts(&*err), 1);
+    }
 }
