@@ -650,6 +650,9 @@ clusters:
     assert!(took < Duration::from_secs(2), "answered after {took:?}");
     let tries = metric(&proxy, UPSTREAM_REQUESTS, &[("cluster", "both")]).await;
     assert!((2.0..=3.0).contains(&tries), "{tries} tries within 500ms");
+    // The retries the route's timeout cut short are counted.
+    let retries = metric(&proxy, "pillion_http_retries_total", &[("route", "both")]).await;
+    assert_eq!(retries, tries - 1.0, "retries of the timed-out request");
 
     // The connection survives the 504s, and a fast request on a timed route succeeds.
     let ok = client.get("http://svc/total/fast").await;

@@ -105,6 +105,19 @@ pub struct ClusterService {
     cluster: Arc<Cluster>,
 }
 
+impl Tried {
+    /// How many tries picked an endpoint, and the last one's.
+    pub(crate) fn summary(&self) -> (u32, Option<SocketAddr>) {
+        match self.0.lock() {
+            Ok(t) => (
+                u32::try_from(t.len()).unwrap_or(u32::MAX),
+                t.last().copied(),
+            ),
+            Err(_) => (0, None),
+        }
+    }
+}
+
 // === impl Cluster ===
 
 impl Cluster {

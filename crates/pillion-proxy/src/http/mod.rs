@@ -360,9 +360,11 @@ async fn forward<B: Into<Downstream>>(
     // NOTE: the cluster service points the URI at the endpoint it picks, for every try.
     let logged = received.is_some();
     let mut req = Request::from_parts(parts, RequestBody::new(body, received));
-    if target.retries {
-        req.extensions_mut()
-            .insert(crate::cluster::Tried::default());
+    // NOTE: kept here too: when the route's timeout cuts the retries, the tries it made are
+    // known only from it (for the retry count and the access log's upstream host).
+    let tried = target.retries.then(crate::cluster::Tried::default);
+    if let Some(t) = &tried {
+        req.extensions_mut().insert(t.clone());
     }
     // NOTE: the service time is for the access log only; without one, no clock is read.
     let sent = logged.then(Instant::now);
@@ -378,8 +380,9 @@ async fn forward<B: Into<Downstream>>(
     let mut rsp = match result {
         Ok(rsp) => rsp,
         Err(e) => {
-            upstream.host = find::<UpstreamError>(&*e).map(|u| u.addr);
-            upstream.attempts = pillion_layers::error::attempts(&*e);
+            let (tries, last) = tried.as_ref().map_or((0, None), |t| t.summary());
+            upstream.host = find::<UpstreamError>(&*e).map(|u| u.addr).or(last);
+            upstream.attempts = pillion_layers::error::attempts(&*e).max(tries);
             target
                 .stats
                 .record_retries(upstream.attempts.saturating_sub(1));
