@@ -1235,6 +1235,119 @@ async fn header_timeout_does_not_cut_a_slow_request_body() {
     assert_eq!(reply.echo().body_bytes, 30);
 }
 
+/// One listener `in` with a `stream_idle_timeout` of 300ms in front of `ep`, logging
+/// `path status flags` to `log`.
+async fn stream_idle_proxy(ep: SocketAddr, log: &std::path::Path) -> (Proxy, SocketAddr) {
+    let listen = free_addr();
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: in
+    address: {listen}
+    protocol: http
+    stream_idle_timeout: 300ms
+    cluster: app
+clusters:
+  - name: app
+    endpoints: [{ep}]
+access_log:
+  path: {}
+  format: "%path% %status% %response_flags%"
+"#,
+        log.display()
+    ))
+    .await;
+    (proxy, listen)
+}
+
+#[tokio::test]
+async fn stream_idle_timeout_fails_a_request_whose_body_stalls() {
+    let echo = Echo::named("app").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let (_proxy, listen) = stream_idle_proxy(echo.addr(), &log).await;
+
+    // Two bytes of a ten-byte body, then nothing: 408, and the connection is closed.
+    let text = stalled_after(
+        listen,
+        b"POST /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: 10\r\n\r\nab",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+    assert!(text.contains("stream-idle-timeout"), "{text:?}");
+
+    // A body that keeps moving, a part every 100ms, is never idle for 300ms: it arrives whole,
+    // though it takes longer than the timeout in all.
+    let (parts, rx) = tokio::sync::mpsc::unbounded_channel::<&'static [u8]>();
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let part = rx.recv().await?;
+        let frame = http_body::Frame::data(bytes::Bytes::from_static(part));
+        Some((Ok::<_, pillion_tests::client::BoxError>(frame), rx))
+    });
+    let mut client = H1Client::connect(listen).await;
+    let upload = tokio::spawn(async move {
+        client
+            .request(
+                req("POST", "http://svc/upload")
+                    .header("content-length", "6")
+                    .body(pillion_tests::client::stream_body(frames))
+                    .unwrap(),
+            )
+            .await
+    });
+    let start = Instant::now();
+    for part in [b"a", b"b", b"c", b"d", b"e", b"f"] {
+        parts.send(part).expect("send");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(start.elapsed() >= Duration::from_millis(600));
+    drop(parts);
+    let reply = within_for(Duration::from_secs(5), "the upload's response", upload)
+        .await
+        .expect("the upload task");
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(reply.echo().body_bytes, 6);
+
+    eventually("the access log lines", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let ok = text.lines().any(|l| l == "/upload 408 SI")
+            && text.lines().any(|l| l == "/upload 200 -");
+        async move { ok.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stream_idle_timeout_cuts_a_response_body_that_stalls() {
+    let upstream = stalling_body_upstream().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let (_proxy, listen) = stream_idle_proxy(upstream.addr(), &log).await;
+
+    // The head and a first chunk, then nothing: the route has no timeout, the listener's
+    // stream_idle_timeout cuts the body.
+    let mut h1 = H1Client::connect(listen).await;
+    let rsp = h1
+        .send(pillion_tests::client::get("http://svc/stall"))
+        .await;
+    assert_eq!(rsp.status(), StatusCode::OK);
+    let (got, error) = read_until_error(rsp.into_body()).await;
+    assert_eq!(got, b"first");
+    assert!(error.is_some(), "the stalled body ended whole");
+
+    // A body whose chunks come 20ms apart is never idle for 300ms.
+    let drip = H1Client::connect(listen).await.get("http://svc/drip").await;
+    assert_eq!(drip.text(), "abc");
+
+    eventually("the access log lines", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let ok =
+            text.lines().any(|l| l == "/stall 200 SI") && text.lines().any(|l| l == "/drip 200 -");
+        async move { ok.then_some(()) }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn idle_timeout_closes_an_idle_http1_keep_alive_connection() {
     let (_echo, _proxy, _, idle) = timeouts_proxy().await;

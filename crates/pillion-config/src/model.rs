@@ -83,6 +83,10 @@ pub struct Listener {
     /// this of its first byte (and a TLS handshake that takes longer).
     #[serde(default = "defaults::header_timeout")]
     pub header_timeout: Duration,
+    /// Cut a request or response body that moves no byte for this long (Envoy's
+    /// `stream_idle_timeout`).
+    #[serde(default = "defaults::stream_idle_timeout")]
+    pub stream_idle_timeout: Duration,
     /// A rate limit over every HTTP request on this listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
@@ -353,6 +357,10 @@ pub mod defaults {
     /// `listeners[].idle_timeout`.
     pub fn idle_timeout() -> Duration {
         Duration::from_secs(3600)
+    }
+    /// `listeners[].stream_idle_timeout`: Envoy's default.
+    pub fn stream_idle_timeout() -> Duration {
+        Duration::from_secs(300)
     }
     /// `listeners[].header_timeout`.
     pub fn header_timeout() -> Duration {

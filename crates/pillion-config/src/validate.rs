@@ -81,6 +81,7 @@ impl Config {
             for (key, d) in [
                 ("idle_timeout", l.idle_timeout),
                 ("header_timeout", l.header_timeout),
+                ("stream_idle_timeout", l.stream_idle_timeout),
             ] {
                 if d.0.is_zero() {
                     c.error(&format!("{at}.{key}"), "expected a duration above 0");
@@ -175,8 +176,9 @@ pub const NAME_MAX_LEN: usize = 128;
 pub const ACCESS_LOG_BUFFER_MAX: usize = 1 << 20;
 
 /// Listener keys about HTTP requests, which a tcp listener never sees.
-const HTTP_ONLY_LISTENER_KEYS: [&str; 5] = [
+const HTTP_ONLY_LISTENER_KEYS: [&str; 6] = [
     "routes",
+    "stream_idle_timeout",
     "rate_limit",
     "request_id",
     "trace_context",
@@ -856,6 +858,7 @@ mod tests {
             ("request_id", "false"),
             ("trace_context", "true"),
             ("forwarded_headers", "false"),
+            ("stream_idle_timeout", "1m"),
         ] {
             let m = messages(&tcp(&format!("    {key}: {value}\n")));
             assert_eq!(m.len(), 1, "{key}: {m:?}");

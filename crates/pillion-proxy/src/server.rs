@@ -686,6 +686,7 @@ impl Listener {
             trace_context: cfg.trace_context,
             forwarded_headers: cfg.forwarded_headers,
             idle_timeout: cfg.idle_timeout.0,
+            stream_idle_timeout: cfg.stream_idle_timeout.0,
             access_log,
             policy,
             rate_limit: cfg.rate_limit.map(|r| {

@@ -34,6 +34,60 @@ pin_project_lite::pin_project! {
         log: Option<Box<PendingLog>>,
         request: Option<RequestGuard>,
         deadline: Option<Pin<Box<Deadline>>>,
+        idle: Option<IdleTimer>,
+    }
+}
+
+/// A body's idle timer (the listener's `stream_idle_timeout`): armed when the body has nothing to
+/// give while it is asked for more, re-armed only after it gave something. A body that is not
+/// asked (its reader is busy writing) is not idle. The timer is allocated the first time the
+/// body makes its reader wait, never for a body that is always ready.
+struct IdleTimer {
+    after: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    moved: bool,
+}
+
+/// A body moved no byte for the listener's `stream_idle_timeout`: a request body so idle fails
+/// its request (408 `stream-idle-timeout`), a response body is cut short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the body moved no byte for {after:?} (stream_idle_timeout)")]
+pub struct StreamIdle {
+    /// The listener's `stream_idle_timeout`.
+    pub after: Duration,
+}
+
+impl IdleTimer {
+    fn new(after: Duration) -> Self {
+        Self {
+            after,
+            sleep: None,
+            moved: true,
+        }
+    }
+
+    /// Notes what the body's poll gave: data or an end re-arm the timer; `Pending` polls it,
+    /// and is `Ready` once the body has been idle for `after`.
+    fn poll_idle<T>(&mut self, cx: &mut Context<'_>, polled: &Poll<T>) -> Poll<StreamIdle> {
+        if polled.is_ready() {
+            self.moved = true;
+            return Poll::Pending;
+        }
+        if self.moved {
+            self.moved = false;
+            let at = Instant::now() + self.after;
+            match &mut self.sleep {
+                Some(s) => s.as_mut().reset(at),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        match &mut self.sleep {
+            Some(s) => {
+                ready!(s.as_mut().poll(cx));
+                Poll::Ready(StreamIdle { after: self.after })
+            }
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -72,6 +126,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Downstream,
         received: Option<Arc<AtomicU64>>,
+        idle: Option<IdleTimer>,
     }
 }
 
@@ -125,6 +180,7 @@ impl ProxyBody {
             log: None,
             request: None,
             deadline: None,
+            idle: None,
         }
     }
 
@@ -137,6 +193,14 @@ impl ProxyBody {
                 after,
                 stats: stats.clone(),
             }));
+        }
+    }
+
+    /// Cuts the body if it makes its reader wait `after` for a byte (the listener's
+    /// `stream_idle_timeout`).
+    pub(crate) fn set_idle_timeout(&mut self, after: Duration) {
+        if !self.is_end_stream() {
+            self.idle = Some(IdleTimer::new(after));
         }
     }
 
@@ -165,6 +229,7 @@ impl From<limit::ResponseBody<UpstreamBody>> for ProxyBody {
             log: None,
             request: None,
             deadline: None,
+            idle: None,
         }
     }
 }
@@ -202,6 +267,21 @@ impl Body for ProxyBody {
             KindProj::Upstream { body } => body.poll_frame(cx),
             KindProj::Local { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
+        if let Some(idle) = this.idle {
+            if let Poll::Ready(e) = idle.poll_idle(cx, &res) {
+                tracing::debug!(after = ?e.after, "response body idle: cutting the response");
+                // NOTE: as for the route's timeout: the upstream body goes now, with its
+                // connection.
+                this.kind.set(Kind::Local { data: None });
+                *this.request = None;
+                *this.idle = None;
+                if let Some(log) = this.log.as_mut() {
+                    log.entry.response_flags = "SI";
+                }
+                *this.log = None;
+                return Poll::Ready(Some(Err(e.into())));
+            }
+        }
         if let Poll::Ready(None | Some(Err(_))) = &res {
             *this.request = None;
         }
@@ -246,7 +326,17 @@ impl RequestBody {
         Self {
             inner: inner.into(),
             received,
+            idle: None,
         }
+    }
+
+    /// Fails the body with [`StreamIdle`] if the client sends no byte of it for `after` while
+    /// the upstream waits for more (the listener's `stream_idle_timeout`).
+    pub fn with_idle_timeout(mut self, after: Duration) -> Self {
+        if !self.is_end_stream() {
+            self.idle = Some(IdleTimer::new(after));
+        }
+        self
     }
 }
 
@@ -263,7 +353,14 @@ impl Body for RequestBody {
             // NOTE: marked as the client's, so the upstream try it breaks is not held against
             // the endpoint, not retried, and answered 400.
             DownstreamProj::Hyper { mut body, end } => {
-                let frame = ready!(body.as_mut().poll_frame(cx));
+                let polled = body.as_mut().poll_frame(cx);
+                if let Some(idle) = this.idle {
+                    if let Poll::Ready(e) = idle.poll_idle(cx, &polled) {
+                        *this.idle = None;
+                        return Poll::Ready(Some(Err(DownstreamBodyError(Box::new(e)))));
+                    }
+                }
+                let frame = ready!(polled);
                 if let Some(end) = end
                     .as_ref()
                     .filter(|_| frame.is_none() || body.is_end_stream())
@@ -321,6 +418,31 @@ mod tests {
             out
         };
         (stats, text)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timer_fires_only_after_a_wait_without_progress() {
+        let after = Duration::from_millis(100);
+        let mut t = IdleTimer::new(after);
+        // The body waits 60ms at a time and then gives something: never idle for long enough.
+        for _ in 0..5 {
+            std::future::poll_fn(|cx| {
+                assert!(t.poll_idle(cx, &Poll::<()>::Pending).is_pending());
+                Poll::Ready(())
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            std::future::poll_fn(|cx| {
+                assert!(t.poll_idle(cx, &Poll::Ready(())).is_pending());
+                Poll::Ready(())
+            })
+            .await;
+        }
+        // Then it gives nothing: the timer fires `after` from the first wait.
+        let armed = Instant::now();
+        let idle = std::future::poll_fn(|cx| t.poll_idle(cx, &Poll::<()>::Pending)).await;
+        assert_eq!(idle, StreamIdle { after });
+        assert_eq!(armed.elapsed(), after);
     }
 
     fn body_timeouts(text: &str) -> &str {

@@ -66,13 +66,16 @@ pub enum ProxyError {
     /// `CONNECT`: the proxy opens no tunnels to arbitrary hosts.
     #[error("CONNECT is not supported")]
     ConnectUnsupported,
+    /// The client's request body moved no byte for the listener's `stream_idle_timeout`.
+    #[error("the request body was idle too long")]
+    StreamIdleTimeout,
 }
 
 // === impl ProxyError ===
 
 impl ProxyError {
     /// How many reasons there are (see [`ProxyError::index`]).
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 17;
 
     /// Every reason, in [`ProxyError::index`] order.
     pub const REASONS: [&'static str; Self::COUNT] = [
@@ -92,6 +95,7 @@ impl ProxyError {
         "bad-request",
         "bad-request-body",
         "connect-unsupported",
+        "stream-idle-timeout",
     ];
 
     /// The position of this reason in [`ProxyError::REASONS`], for per-reason counters.
@@ -113,6 +117,7 @@ impl ProxyError {
             Self::BadRequest => 13,
             Self::BadRequestBody => 14,
             Self::ConnectUnsupported => 15,
+            Self::StreamIdleTimeout => 16,
         }
     }
 
@@ -121,6 +126,9 @@ impl ProxyError {
     /// they may wrap an upstream error.
     pub fn from_error(err: &(dyn std::error::Error + 'static)) -> Self {
         if find::<DownstreamBodyError>(err).is_some() {
+            if find::<super::body::StreamIdle>(err).is_some() {
+                return Self::StreamIdleTimeout;
+            }
             return Self::BadRequestBody;
         }
         if let Some(e) = find::<Elapsed>(err) {
@@ -173,6 +181,7 @@ impl ProxyError {
             Self::Denied => StatusCode::FORBIDDEN,
             Self::BadRequest | Self::BadRequestBody => StatusCode::BAD_REQUEST,
             Self::ConnectUnsupported => StatusCode::METHOD_NOT_ALLOWED,
+            Self::StreamIdleTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -195,6 +204,7 @@ impl ProxyError {
             Self::Denied => "DN",
             // Envoy's "downstream protocol error".
             Self::BadRequest | Self::BadRequestBody | Self::ConnectUnsupported => "DPE",
+            Self::StreamIdleTimeout => "SI",
         }
     }
 
@@ -232,6 +242,7 @@ mod tests {
             (ProxyError::Denied, 403, "denied"),
             (ProxyError::BadRequest, 400, "bad-request"),
             (ProxyError::BadRequestBody, 400, "bad-request-body"),
+            (ProxyError::StreamIdleTimeout, 408, "stream-idle-timeout"),
             (ProxyError::ConnectUnsupported, 405, "connect-unsupported"),
         ] {
             let rsp = e.into_response();

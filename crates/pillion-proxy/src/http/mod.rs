@@ -44,6 +44,8 @@ pub struct HttpListener {
     pub forwarded_headers: bool,
     /// How long an upgraded connection (a WebSocket tunnel) may move no byte either way.
     pub idle_timeout: Duration,
+    /// How long a request or response body may keep its reader waiting for a byte.
+    pub stream_idle_timeout: Duration,
     /// The access log, when on.
     pub access_log: Option<AccessLog>,
     /// The listener-wide rate limit.
@@ -359,7 +361,10 @@ async fn forward<B: Into<Downstream>>(
 
     // NOTE: the cluster service points the URI at the endpoint it picks, for every try.
     let logged = received.is_some();
-    let mut req = Request::from_parts(parts, RequestBody::new(body, received));
+    let mut req = Request::from_parts(
+        parts,
+        RequestBody::new(body, received).with_idle_timeout(ctx.listener.stream_idle_timeout),
+    );
     // NOTE: kept here too: when the route's timeout cuts the retries, the tries it made are
     // known only from it (for the retry count and the access log's upstream host).
     let tried = target.retries.then(crate::cluster::Tried::default);
@@ -412,6 +417,8 @@ async fn forward<B: Into<Downstream>>(
     if let Some((at, after)) = deadline {
         rsp.body_mut().set_deadline(at, after, &target.stats);
     }
+    rsp.body_mut()
+        .set_idle_timeout(ctx.listener.stream_idle_timeout);
     Ok(rsp)
 }
 
