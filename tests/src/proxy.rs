@@ -72,13 +72,23 @@ clusters:
 
     /// Like [`Proxy::start`], with extra `pillion run` arguments (e.g. `--log-format json`).
     pub async fn start_with_args(args: &[&str], yaml: &str) -> Self {
+        Self::start_with_admin(args, &[], yaml).await
+    }
+
+    /// Like [`Proxy::start_with_args`], with extra keys of the `admin:` section (such as
+    /// `("header_timeout", "500ms")`).
+    pub async fn start_with_admin(args: &[&str], admin_keys: &[(&str, &str)], yaml: &str) -> Self {
         assert!(
             !yaml.lines().any(|l| l.starts_with("admin:")),
             "Proxy::start adds the admin section itself"
         );
         let admin = free_addr();
         let health = free_addr();
-        let yaml = format!("admin:\n  address: {admin}\n  health_address: {health}\n{yaml}");
+        let extra: String = admin_keys
+            .iter()
+            .map(|(k, v)| format!("  {k}: {v}\n"))
+            .collect();
+        let yaml = format!("admin:\n  address: {admin}\n  health_address: {health}\n{extra}{yaml}");
         let dir = TempDir::new().expect("tempdir");
         let config = dir.path().join("pillion.yaml");
         std::fs::write(&config, &yaml).expect("write config");

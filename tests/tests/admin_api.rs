@@ -2,17 +2,60 @@
 //! wrong methods, readiness by hand, log levels at run time, drain, and shutdown.
 
 use http::StatusCode;
-use pillion_tests::{client, eventually, free_addr, Echo, H1Client, Proxy, Reply};
+use pillion_tests::{
+    client, eventually, free_addr, within_for, Echo, H1Client, Metrics, Proxy, Reply,
+};
 use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 async fn call(addr: SocketAddr, method: &str, path: &str) -> Reply {
+    call_with(addr, method, path, &[]).await
+}
+
+async fn call_with(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
     let mut c = H1Client::connect(addr).await;
-    c.request(
-        client::req(method, &format!("http://{addr}{path}"))
-            .body(client::empty())
-            .expect("request"),
-    )
-    .await
+    let mut req = client::req(method, &format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    c.request(req.body(client::empty()).expect("request")).await
+}
+
+/// A scrape of `/metrics` on the health port (its connections do not count against the admin
+/// port's `max_connections`).
+async fn health_metrics(proxy: &Proxy) -> Metrics {
+    let r = call(proxy.health_addr(), "GET", "/metrics").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    Metrics::parse(&r.text())
+}
+
+/// Writes `drip` one byte every 100ms (nothing if empty) until the server closes the
+/// connection (EOF or reset), panicking after `limit`; whatever the server answers first
+/// (a 408, say) is read and ignored.
+async fn wait_closed(mut tcp: TcpStream, drip: &[u8], limit: Duration, what: &str) {
+    within_for(limit, what, async move {
+        let mut buf = [0u8; 1024];
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut sent = 0;
+        loop {
+            tokio::select! {
+                r = tcp.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                _ = tick.tick(), if !drip.is_empty() => {
+                    let byte = [drip[sent % drip.len()]];
+                    sent += 1;
+                    if tcp.write_all(&byte).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
 }
 
 async fn start() -> (Echo, Proxy, SocketAddr) {
@@ -64,13 +107,27 @@ async fn every_admin_endpoint_answers_and_wrong_methods_get_405() {
         "/drain",
         "/shutdown",
     ] {
-        let r = call(admin, "GET", path).await;
-        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "GET {path}");
+        for method in ["GET", "PUT", "DELETE"] {
+            let r = call(admin, method, path).await;
+            assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert_eq!(r.header("allow"), Some("POST"), "{method} {path}");
+        }
     }
-    for path in ["/ready", "/metrics", "/config_dump", "/clusters"] {
+    for path in [
+        "/ready",
+        "/live",
+        "/metrics",
+        "/config_dump",
+        "/clusters",
+        "/listeners",
+    ] {
         let r = call(admin, "POST", path).await;
         assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "POST {path}");
+        assert_eq!(r.header("allow"), Some("GET, HEAD"), "POST {path}");
     }
+    let r = call(proxy.health_addr(), "DELETE", "/ready").await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
     assert_eq!(
         call(admin, "GET", "/nope").await.status,
         StatusCode::NOT_FOUND
@@ -230,4 +287,183 @@ async fn shutdown_lets_an_in_flight_request_finish_then_exits_0() {
     assert_eq!(reply.status, StatusCode::OK);
     let status = proxy.wait_exit().await;
     assert_eq!(status.code(), Some(0), "{}", proxy.log_text());
+}
+
+#[tokio::test]
+async fn cross_origin_posts_are_refused_and_same_origin_ones_allowed() {
+    let (_echo, mut proxy, _listen) = start().await;
+    let admin = proxy.admin_addr();
+    // What a web page in the operator's browser sends: another origin, an opaque one, or a
+    // DNS name rebound to the admin's address.
+    let rebound = format!("http://evil.example:{}", admin.port());
+    for origin in ["http://evil.example", "null", rebound.as_str()] {
+        for path in [
+            "/healthcheck/fail",
+            "/logging?level=trace",
+            "/drain",
+            "/shutdown",
+        ] {
+            let r = call_with(admin, "POST", path, &[("origin", origin)]).await;
+            assert_eq!(r.status, StatusCode::FORBIDDEN, "POST {path} from {origin}");
+        }
+    }
+    assert_eq!(call(admin, "GET", "/ready").await.status, StatusCode::OK);
+    assert!(!proxy.log_text().contains("TRACE"), "{}", proxy.log_text());
+    assert!(
+        proxy.try_wait().is_none(),
+        "a cross-origin /shutdown stopped the proxy"
+    );
+
+    // The admin's own origin (and none at all, as curl sends) may change state.
+    let own = format!("http://{admin}");
+    let r = call_with(admin, "POST", "/healthcheck/fail", &[("origin", &own)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        call(admin, "GET", "/ready").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let localhost = format!("http://localhost:{}", admin.port());
+    let r = call_with(admin, "POST", "/healthcheck/ok", &[("origin", &localhost)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(call(admin, "GET", "/ready").await.status, StatusCode::OK);
+    // Reads are not state changes: an Origin does not matter to them.
+    let r = call_with(admin, "GET", "/ready", &[("origin", "http://evil.example")]).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn slow_and_silent_clients_are_cut_off_on_both_ports() {
+    let echo = Echo::start().await;
+    let listen = free_addr();
+    let proxy = Proxy::start_with_admin(
+        &[],
+        &[("header_timeout", "500ms"), ("idle_timeout", "2s")],
+        &format!(
+            "listeners:\n  - name: web\n    address: {listen}\n    protocol: http\n    cluster: app\nclusters:\n  - name: app\n    endpoints: [{}]\n",
+            echo.addr()
+        ),
+    )
+    .await;
+    // Far above the timeouts, far below "forever": a broken server fails instead of hanging.
+    let limit = Duration::from_secs(15);
+    for (port, addr) in [
+        ("admin", proxy.admin_addr()),
+        ("health", proxy.health_addr()),
+    ] {
+        // Slowloris: a request line and then a header byte every 100ms, never the blank line.
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(b"GET /ready HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .expect("write");
+        wait_closed(
+            tcp,
+            b"x-slow: y\r\n",
+            limit,
+            &format!("{port}: a dripping request head is cut off"),
+        )
+        .await;
+
+        // A partial request line, then nothing.
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(b"GET /rea").await.expect("write");
+        wait_closed(
+            tcp,
+            b"",
+            limit,
+            &format!("{port}: a partial request line is cut off"),
+        )
+        .await;
+
+        // A connection that never sends a byte.
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        wait_closed(
+            tcp,
+            b"",
+            limit,
+            &format!("{port}: a silent connection is closed"),
+        )
+        .await;
+
+        // A kept-alive connection that goes quiet after a request.
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(b"GET /live HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let (head, _) = pillion_tests::net::read_response_head(&mut tcp).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        wait_closed(
+            tcp,
+            b"",
+            limit,
+            &format!("{port}: an idle kept-alive connection is closed"),
+        )
+        .await;
+    }
+    // Whoever is quick is still served.
+    assert_eq!(
+        call(proxy.admin_addr(), "GET", "/ready").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(proxy.health_addr(), "GET", "/ready").await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_are_closed_at_once() {
+    let echo = Echo::start().await;
+    let listen = free_addr();
+    let proxy = Proxy::start_with_admin(
+        &[],
+        &[("max_connections", "2"), ("header_timeout", "60s"), ("idle_timeout", "60s")],
+        &format!(
+            "listeners:\n  - name: web\n    address: {listen}\n    protocol: http\n    cluster: app\nclusters:\n  - name: app\n    endpoints: [{}]\n",
+            echo.addr()
+        ),
+    )
+    .await;
+    let admin = proxy.admin_addr();
+    let p = &proxy;
+    let open = |m: &Metrics| m.sum("pillion_admin_connections", &[("port", "admin")]);
+    // The readiness probes' connections are gone first.
+    eventually("no admin connection open", || async move {
+        (open(&health_metrics(p).await) == 0.0).then_some(())
+    })
+    .await;
+    let held = [
+        TcpStream::connect(admin).await.expect("connect"),
+        TcpStream::connect(admin).await.expect("connect"),
+    ];
+    eventually("two admin connections open", || async move {
+        (open(&health_metrics(p).await) == 2.0).then_some(())
+    })
+    .await;
+    // Closed at once: long before the 60s timeouts could.
+    let third = TcpStream::connect(admin).await.expect("connect");
+    wait_closed(
+        third,
+        b"",
+        Duration::from_secs(10),
+        "a third admin connection is closed",
+    )
+    .await;
+    let m = health_metrics(&proxy).await;
+    assert_eq!(
+        m.sum(
+            "pillion_admin_connections_rejected_total",
+            &[("port", "admin")]
+        ),
+        1.0,
+        "{}",
+        m.text
+    );
+    // The cap is per port: the health port still answers, and the admin port once a slot frees.
+    drop(held);
+    eventually("the admin port answers again", || async move {
+        p.try_admin_get("/ready")
+            .await
+            .filter(|r| r.status == StatusCode::OK)
+    })
+    .await;
 }

@@ -1,22 +1,34 @@
 //! The admin endpoint (everything, loopback only) and the read-only health port (`/ready`,
 //! `/live`, `/metrics`, for kubelet and Prometheus).
 //!
-//! Endpoints that change state answer POST only; GET on them is 405, as on Envoy's admin.
+//! Endpoints that change state answer POST only; GET on them is 405 (with `Allow`), as on
+//! Envoy's admin, and a browser's cross-origin POST (an `Origin` that is not the admin's own
+//! address) is 403, so a web page cannot drive the admin through the operator's browser.
+//!
+//! Both ports bound what a client can hold: a request head must arrive within the header
+//! timeout, a connection with no new request is closed after the idle timeout, and at most
+//! `max_connections` are open per port (more are closed at once and counted).
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use prometheus_client::registry::Registry;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
 use std::{
     convert::Infallible,
+    net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
         Arc,
     },
+    time::Duration,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -39,6 +51,23 @@ pub enum Port {
     Admin,
     /// The health port: `/ready`, `/live` and `/metrics` only.
     Health,
+}
+
+/// What one admin or health connection may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The longest wait for a whole request head (the first bytes of a connection included;
+    /// on HTTP/1.1 also the wait for the next request on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// A connection with no new request for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections open at once on one port; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabels {
+    port: &'static str,
 }
 
 /// A JSON view the admin shows (`/clusters`, `/listeners`).
@@ -71,18 +100,37 @@ pub struct Admin {
     failed_by_hand: AtomicBool,
     registry: Registry,
     controls: Controls,
+    connections: Family<PortLabels, Gauge>,
+    rejected: Family<PortLabels, Counter>,
 }
 
 // === impl Admin ===
 
 impl Admin {
-    /// Builds the admin state.
-    pub fn new(registry: Registry, controls: Controls) -> Arc<Self> {
+    /// Builds the admin state, registering its own metric families in `registry`:
+    /// `pillion_admin_connections{port}` (open now) and
+    /// `pillion_admin_connections_rejected_total{port}` (closed at once: too many open).
+    pub fn new(mut registry: Registry, controls: Controls) -> Arc<Self> {
+        let connections = Family::<PortLabels, Gauge>::default();
+        let rejected = Family::<PortLabels, Counter>::default();
+        let r = registry.sub_registry_with_prefix("pillion");
+        r.register(
+            "admin_connections",
+            "Connections open now on the admin and health ports",
+            connections.clone(),
+        );
+        r.register(
+            "admin_connections_rejected",
+            "Connections to the admin and health ports closed at once because max_connections were open",
+            rejected.clone(),
+        );
         Arc::new(Self {
             phase: AtomicU8::new(Phase::Starting as u8),
             failed_by_hand: AtomicBool::new(false),
             registry,
             controls,
+            connections,
+            rejected,
         })
     }
 
@@ -101,37 +149,82 @@ impl Admin {
     }
 
     /// Serves `port` on `listener` for as long as the process runs.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, port: Port) {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, port: Port, limits: Limits) {
         if let Ok(addr) = listener.local_addr() {
             info!(address = %addr, ?port, "admin listening");
         }
-        let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let label = PortLabels { port: port.name() };
+        let open = self.connections.get_or_create(&label).clone();
+        let rejected = self.rejected.get_or_create(&label).clone();
+        let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // NOTE: hyper's HTTP/1 head timer runs whenever a head is awaited: from the first byte
+        // the connection is known to be HTTP/1, and between kept-alive requests.
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout);
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(16);
+        let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(a) => a,
                 Err(err) => {
                     warn!(%err, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                rejected.inc();
+                debug!(%peer, ?port, max = limits.max_connections, "too many admin connections; closing");
+                drop(stream);
+                continue;
+            };
+            let local = match stream.local_addr() {
+                Ok(a) => a,
+                Err(err) => {
+                    debug!(%peer, %err, "admin connection without a local address; closing");
+                    continue;
+                }
+            };
+            let conn_start = Instant::now();
+            let seen = Arc::new(AtomicU64::new(NO_REQUEST));
             let admin = self.clone();
-            let svc = hyper::service::service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(&req, port)) }
-            });
+            let svc = {
+                let seen = seen.clone();
+                hyper::service::service_fn(move |req| {
+                    seen.store(millis_since(conn_start), Ordering::Relaxed);
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(&req, port, local)) }
+                })
+            };
             let conn = http
                 .serve_connection(TokioIo::new(stream), svc)
                 .into_owned();
+            let open = open.clone();
+            open.inc();
             tokio::spawn(async move {
-                if let Err(err) = conn.await {
-                    debug!(%peer, %err, "admin connection error");
+                let _slot = slot;
+                tokio::select! {
+                    res = conn => if let Err(err) = res {
+                        debug!(%peer, %err, "admin connection error");
+                    },
+                    () = idle(conn_start, &seen, limits) => {
+                        debug!(%peer, "admin connection idle or too slow; closing");
+                    }
                 }
+                open.dec();
             });
         }
     }
 
-    fn handle(&self, req: &Request<Incoming>, port: Port) -> Response<Full<Bytes>> {
+    fn handle(
+        &self,
+        req: &Request<Incoming>,
+        port: Port,
+        local: SocketAddr,
+    ) -> Response<Full<Bytes>> {
         let path = req.uri().path();
         let read_only = matches!(path, "/ready" | "/live" | "/metrics");
         let reads = matches!(path, "/config_dump" | "/clusters" | "/listeners");
@@ -147,15 +240,20 @@ impl Admin {
         }
         let get = req.method() == Method::GET || req.method() == Method::HEAD;
         if (read_only || reads) && !get {
-            return text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed: use GET\n",
-            );
+            return not_allowed("GET, HEAD", "method not allowed: use GET\n");
         }
         if writes && req.method() != Method::POST {
+            return not_allowed("POST", "method not allowed: use POST\n");
+        }
+        if writes && !same_origin(req.headers(), local) {
+            warn!(
+                path,
+                origin = ?req.headers().get(header::ORIGIN),
+                "refused a cross-origin admin request"
+            );
             return text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed: use POST\n",
+                StatusCode::FORBIDDEN,
+                "forbidden: a request with an Origin other than the admin's own address cannot change state\n",
             );
         }
         let c = &self.controls;
@@ -254,6 +352,81 @@ impl Admin {
     }
 }
 
+// === impl Port ===
+
+impl Port {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Health => "health",
+        }
+    }
+}
+
+/// `seen` before the first request.
+const NO_REQUEST: u64 = u64::MAX;
+
+fn millis_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(NO_REQUEST - 1)
+}
+
+/// Completes when the connection must be closed: no request within `header_timeout` of its
+/// opening (a client that sends nothing, or drips its first request), or none within
+/// `idle_timeout` of the last one. `seen` is when the last request arrived (ms after `start`).
+async fn idle(start: Instant, seen: &AtomicU64, limits: Limits) {
+    let mut deadline = start + limits.header_timeout;
+    loop {
+        tokio::time::sleep_until(deadline).await;
+        let next = match seen.load(Ordering::Relaxed) {
+            NO_REQUEST => return,
+            ms => start + Duration::from_millis(ms) + limits.idle_timeout,
+        };
+        if next <= Instant::now() {
+            return;
+        }
+        deadline = next;
+    }
+}
+
+/// Whether a state-changing request may proceed: no `Origin` (curl, scripts; browsers send one
+/// on every cross-origin POST), or an `Origin` naming the address the request came in on
+/// (`localhost` too, on loopback). A page on another origin, `Origin: null` (a sandboxed page)
+/// and a rebound DNS name (`http://evil.example:15000`) are all refused.
+fn same_origin(headers: &http::HeaderMap, local: SocketAddr) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Some(authority) = origin.to_str().ok().and_then(|o| o.strip_prefix("http://")) else {
+        return false;
+    };
+    // NOTE: an Origin is scheme, host and port only; user info or a path is not a browser's.
+    let Ok(authority) = authority.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    if authority.as_str().contains('@') {
+        return false;
+    }
+    if authority.port_u16().unwrap_or(80) != local.port() {
+        return false;
+    }
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip == local.ip(),
+        Err(_) => local.ip().is_loopback() && host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+fn not_allowed(allow: &'static str, body: &'static str) -> Response<Full<Bytes>> {
+    let mut rsp = text(StatusCode::METHOD_NOT_ALLOWED, body);
+    rsp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    rsp
+}
+
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut rsp = Response::new(Full::new(body.into()));
     *rsp.status_mut() = status;
@@ -269,4 +442,77 @@ fn with_type(mut rsp: Response<Full<Bytes>>, content_type: &'static str) -> Resp
     rsp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     rsp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(value: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::ORIGIN, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn origins() {
+        let lo: SocketAddr = "127.0.0.1:15000".parse().unwrap();
+        let pod: SocketAddr = "10.1.2.3:15000".parse().unwrap();
+        assert!(same_origin(&http::HeaderMap::new(), lo));
+        for ok in [
+            "http://127.0.0.1:15000",
+            "http://localhost:15000",
+            "http://LOCALHOST:15000",
+        ] {
+            assert!(same_origin(&origin(ok), lo), "{ok}");
+        }
+        assert!(same_origin(&origin("http://10.1.2.3:15000"), pod));
+        for bad in [
+            "http://evil.example:15000",
+            "http://evil.example",
+            "http://127.0.0.1:15001",
+            "http://127.0.0.1",
+            "https://127.0.0.1:15000",
+            "http://127.0.0.1:15000/x",
+            "http://user@127.0.0.1:15000",
+            "null",
+            "",
+        ] {
+            assert!(!same_origin(&origin(bad), lo), "{bad}");
+        }
+        assert!(!same_origin(&origin("http://localhost:15000"), pod));
+        let v6: SocketAddr = "[::1]:15000".parse().unwrap();
+        assert!(same_origin(&origin("http://[::1]:15000"), v6));
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_a_request_ends_at_the_header_timeout() {
+        let start = Instant::now();
+        let seen = AtomicU64::new(NO_REQUEST);
+        idle(start, &seen, limits()).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_ends_idle_timeout_after_its_last_request() {
+        let start = Instant::now();
+        let seen = AtomicU64::new(NO_REQUEST);
+        let done = idle(start, &seen, limits());
+        tokio::pin!(done);
+        tokio::select! {
+            () = &mut done => panic!("ended before the header timeout"),
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        seen.store(millis_since(start), Ordering::Relaxed);
+        done.await;
+        assert_eq!(start.elapsed(), Duration::from_secs(65));
+    }
 }

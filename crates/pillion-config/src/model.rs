@@ -56,6 +56,16 @@ pub struct Admin {
         deserialize_with = "opt_socket_addr"
     )]
     pub health_address: Option<SocketAddr>,
+    /// The longest wait for a whole request head on either port; on HTTP/1.1 it also bounds
+    /// the wait for the next request on a kept-alive connection. Slow clients are cut off.
+    #[serde(default = "defaults::admin_header_timeout")]
+    pub header_timeout: Duration,
+    /// A connection on which no new request arrives for this long is closed (HTTP/2 included).
+    #[serde(default = "defaults::admin_idle_timeout")]
+    pub idle_timeout: Duration,
+    /// Connections open at once on each port; more are closed as soon as they are accepted.
+    #[serde(default = "defaults::admin_max_connections")]
+    pub max_connections: usize,
 }
 
 /// One port Pillion accepts traffic on.
@@ -302,6 +312,9 @@ impl Default for Admin {
         Self {
             address: defaults::admin_address(),
             health_address: defaults::health_address(),
+            header_timeout: defaults::admin_header_timeout(),
+            idle_timeout: defaults::admin_idle_timeout(),
+            max_connections: defaults::admin_max_connections(),
         }
     }
 }
@@ -329,6 +342,18 @@ pub mod defaults {
     /// `admin.health_address`.
     pub fn health_address() -> Option<SocketAddr> {
         Some(SocketAddr::from(([0, 0, 0, 0], 15020)))
+    }
+    /// `admin.header_timeout`.
+    pub fn admin_header_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    /// `admin.idle_timeout`.
+    pub fn admin_idle_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    /// `admin.max_connections`.
+    pub fn admin_max_connections() -> usize {
+        64
     }
     /// `access_log.path`.
     pub fn access_log_path() -> String {

@@ -62,6 +62,18 @@ impl Config {
             }
         }
 
+        for (key, d) in [
+            ("admin.header_timeout", self.admin.header_timeout),
+            ("admin.idle_timeout", self.admin.idle_timeout),
+        ] {
+            if d.0.is_zero() {
+                c.error(key, "expected a duration above 0");
+            }
+        }
+        if self.admin.max_connections == 0 {
+            c.error("admin.max_connections", "expected at least 1");
+        }
+
         let mut names = HashSet::new();
         let mut bound: Vec<(SocketAddr, String)> =
             vec![(self.admin.address, "admin.address".into())];

@@ -1,7 +1,7 @@
 //! `pillion run`, `check` and `demo`: load the config, bind, serve, drain on a signal.
 
 use clap::Args;
-use pillion_admin::{Admin, Controls, Phase, Port};
+use pillion_admin::{Admin, Controls, Limits, Phase, Port};
 use pillion_config::{Config, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME};
 use pillion_proxy::Proxy;
 use pillion_telemetry::{access_log::AccessLog, init_tracing, LogControl, LogFormat, Metrics};
@@ -361,9 +361,14 @@ async fn serve(config: Config, log: LogControl) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    tokio::spawn(admin.clone().serve(admin_sock, Port::Admin));
+    let limits = Limits {
+        header_timeout: config.admin.header_timeout.0,
+        idle_timeout: config.admin.idle_timeout.0,
+        max_connections: config.admin.max_connections,
+    };
+    tokio::spawn(admin.clone().serve(admin_sock, Port::Admin, limits));
     if let Some(sock) = health_sock {
-        tokio::spawn(admin.clone().serve(sock, Port::Health));
+        tokio::spawn(admin.clone().serve(sock, Port::Health, limits));
     }
     proxy.resolve().await;
 
