@@ -61,6 +61,65 @@ async fn ready_live_and_config_dump_answer() {
 }
 
 #[tokio::test]
+async fn config_dump_hides_header_values_whatever_the_header_is_called() {
+    let echo = Echo::start().await;
+    let listen = free_addr();
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: token
+    address: {listen}
+    protocol: http
+    routes:
+      - name: api
+        match: {{headers: [{{name: x-api-key, exact: match-secret-1}}]}}
+        cluster: app
+        request_headers:
+          add: {{authorization: "Bearer add-secret-2", token: add-secret-3}}
+    cluster: app
+clusters:
+  - name: app
+    endpoints: [{}]
+"#,
+        echo.addr()
+    ))
+    .await;
+    let dump = proxy.admin_get("/config_dump").await;
+    assert_eq!(dump.status, StatusCode::OK, "{dump:?}");
+    let text = dump.text();
+    for secret in ["match-secret-1", "add-secret-2", "add-secret-3"] {
+        assert!(
+            !text.contains(secret),
+            "config_dump shows {secret}:\n{text}"
+        );
+    }
+    for shown in [
+        "name: token",
+        "x-api-key",
+        "authorization:",
+        "token: '[redacted]'",
+    ] {
+        assert!(text.contains(shown), "config_dump lacks {shown}:\n{text}");
+    }
+    // The dump hides values; the proxy still sends them.
+    let mut client = H1Client::connect(listen).await;
+    let seen = client
+        .request(
+            http::Request::get("http://svc/")
+                .header("x-api-key", "match-secret-1")
+                .body(pillion_tests::client::empty())
+                .expect("request"),
+        )
+        .await
+        .echo();
+    assert_eq!(
+        seen.header("authorization"),
+        Some("Bearer add-secret-2"),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
 async fn metrics_are_prometheus_text_with_histogram_series() {
     let (_echo, proxy, listen) = proxy_with_echo(&[]).await;
     let mut client = H1Client::connect(listen).await;

@@ -16,6 +16,7 @@ mod validate;
 mod value;
 
 pub use self::error::{ConfigError, ConfigErrors};
+pub use self::load::REDACTED;
 pub use self::log_filter::{check_log_filter, LOG_LEVELS};
 pub use self::model::*;
 pub use self::resilience::*;

@@ -3,6 +3,9 @@
 use crate::model::Config;
 use crate::{locate::Locations, ConfigError, ConfigErrors};
 
+/// What [`Config::dump`] shows in place of a secret.
+pub const REDACTED: &str = "[redacted]";
+
 impl Config {
     /// Parses and validates a configuration; `file` names it in errors.
     pub fn load(text: &str, file: &str) -> Result<Self, ConfigErrors> {
@@ -11,34 +14,51 @@ impl Config {
         Ok(config)
     }
 
-    /// The effective configuration (defaults filled in) as YAML, with the values of keys that
-    /// may hold secrets (`key`, `password`, `secret`, `token`) replaced by `[redacted]`.
+    /// The effective configuration (defaults filled in) as YAML, with secrets replaced by
+    /// `[redacted]`.
+    ///
+    /// Redaction is by field, not by key name: the private key paths of `listeners[].tls` and
+    /// `clusters[].tls`, and every header value a route adds (`request_headers.add`,
+    /// `response_headers.add`) or matches on (`match.headers[].exact`), since those are where
+    /// credentials (`authorization: Bearer ...`, API keys) go. Header names stay, so a header
+    /// named `token` shows its name and hides its value like any other; names of listeners,
+    /// clusters and routes are shown whatever they are called.
     pub fn dump(&self) -> String {
-        fn redact(v: &mut serde_yaml::Value) {
-            match v {
-                serde_yaml::Value::Mapping(m) => {
-                    for (k, v) in m.iter_mut() {
-                        let secret = k
-                            .as_str()
-                            .is_some_and(|k| matches!(k, "key" | "password" | "secret" | "token"));
-                        if secret {
-                            *v = serde_yaml::Value::String("[redacted]".into());
-                        } else {
-                            redact(v);
-                        }
-                    }
-                }
-                serde_yaml::Value::Sequence(s) => s.iter_mut().for_each(redact),
-                _ => {}
-            }
-        }
-        match serde_yaml::to_value(self) {
-            Ok(mut v) => {
-                redact(&mut v);
-                serde_yaml::to_string(&v).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
-            }
+        match serde_yaml::to_string(&self.redacted()) {
+            Ok(text) => text,
             Err(e) => format!("# cannot render: {e}\n"),
         }
+    }
+
+    /// A copy with the fields [`Config::dump`] hides replaced by [`REDACTED`].
+    pub fn redacted(&self) -> Self {
+        let mut c = self.clone();
+        for l in &mut c.listeners {
+            if let Some(tls) = &mut l.tls {
+                tls.key = REDACTED.into();
+            }
+            for r in &mut l.routes {
+                for value in r
+                    .request_headers
+                    .add
+                    .values_mut()
+                    .chain(r.response_headers.add.values_mut())
+                {
+                    *value = REDACTED.into();
+                }
+                for m in &mut r.matches.headers {
+                    if let Some(exact) = &mut m.exact {
+                        *exact = REDACTED.into();
+                    }
+                }
+            }
+        }
+        for cl in &mut c.clusters {
+            if let Some(key) = cl.tls.as_mut().and_then(|t| t.key.as_mut()) {
+                *key = REDACTED.into();
+            }
+        }
+        c
     }
 
     /// Parses a configuration without the semantic checks of [`Config::validate`].
@@ -257,6 +277,73 @@ clusters:
             assert_eq!(e.line, Some(7), "{e}");
             assert!(e.message.contains("is given twice"), "{e}");
         }
+    }
+
+    #[test]
+    fn dump_redacts_by_field_not_by_key_name() {
+        let text = "\
+listeners:
+  - name: token
+    address: 127.0.0.1:15006
+    protocol: http
+    tls: {cert: /certs/server.pem, key: /secret/server-key.pem, ca: [/ca.pem]}
+    routes:
+      - name: password
+        match:
+          headers:
+            - {name: authorization, exact: Bearer match-secret}
+            - {name: x-present}
+        cluster: secret
+        request_headers:
+          add: {authorization: Bearer add-secret, token: token-secret, x-env: prod-value}
+          remove: [cookie]
+        response_headers:
+          add: {key: response-secret}
+clusters:
+  - name: secret
+    endpoints: [127.0.0.1:8080]
+    tls: {cert: /certs/client.pem, key: /secret/client-key.pem, ca: [/ca.pem], sni: key}
+";
+        let c = Config::from_yaml(text, "t.yaml").unwrap();
+        let d = c.dump();
+        for secret in [
+            "/secret/server-key.pem",
+            "/secret/client-key.pem",
+            "match-secret",
+            "add-secret",
+            "token-secret",
+            "prod-value",
+            "response-secret",
+        ] {
+            assert!(!d.contains(secret), "{secret} shown:\n{d}");
+        }
+        // Names, paths of certificates and conditions that are not values are shown, whatever
+        // they are called.
+        for shown in [
+            "name: token",
+            "name: password",
+            "cluster: secret",
+            "sni: key",
+            "/certs/server.pem",
+            "/certs/client.pem",
+            "authorization:",
+            "token:",
+            "name: x-present",
+            "cookie",
+        ] {
+            assert!(d.contains(shown), "{shown} missing:\n{d}");
+        }
+        // The redacted dump is still a config of the same shape.
+        let back: Config = serde_yaml::from_str(&d).unwrap();
+        assert_eq!(back, c.redacted());
+        assert_eq!(
+            back.listeners[0].tls.as_ref().unwrap().key,
+            std::path::Path::new(REDACTED)
+        );
+        assert_eq!(
+            back.listeners[0].routes[0].request_headers.add["token"],
+            REDACTED
+        );
     }
 
     #[test]
