@@ -8,7 +8,7 @@ use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude
 pub(crate) struct LeafInfo {
     /// The first URI SAN that is a SPIFFE ID.
     pub(crate) spiffe_id: Option<String>,
-    /// The first DNS SAN.
+    /// The first DNS SAN that is a well-formed DNS name (see [`is_dns_name`]).
     pub(crate) first_dns: Option<String>,
     /// The end of the validity period, in Unix seconds.
     pub(crate) not_after: i64,
@@ -38,7 +38,10 @@ pub(crate) fn parse_leaf(der: &[u8]) -> Result<LeafInfo, String> {
             GeneralName::URI(uri) if info.spiffe_id.is_none() && is_spiffe(uri) => {
                 info.spiffe_id = Some((*uri).to_owned());
             }
-            GeneralName::DNSName(dns) if info.first_dns.is_none() => {
+            // NOTE: a DNS SAN is never a SPIFFE ID. Only well-formed names are kept, so that
+            // no text in a DNS SAN (such as `spiffe://td/ns/prod/sa/admin`, which a CA that
+            // checks only DNS names may sign) can pass for one in a policy.
+            GeneralName::DNSName(dns) if info.first_dns.is_none() && is_dns_name(dns) => {
                 info.first_dns = Some((*dns).to_owned());
             }
             _ => {}
@@ -47,7 +50,8 @@ pub(crate) fn parse_leaf(der: &[u8]) -> Result<LeafInfo, String> {
     Ok(info)
 }
 
-/// The identity of a peer certificate: its SPIFFE ID, else its first DNS SAN.
+/// The identity of a peer certificate: its SPIFFE ID (a `spiffe://` URI SAN), else its first
+/// well-formed DNS SAN, which cannot contain `:` or `/` and so never matches a SPIFFE pattern.
 pub(crate) fn peer_identity(der: &[u8]) -> Option<Arc<str>> {
     let info = parse_leaf(der).ok()?;
     info.spiffe_id.or(info.first_dns).map(Arc::from)
@@ -57,6 +61,24 @@ pub(crate) fn peer_identity(der: &[u8]) -> Option<Arc<str>> {
 pub(crate) fn not_after(der: &[u8]) -> Option<i64> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     Some(cert.validity().not_after.timestamp())
+}
+
+/// Whether `name` is a DNS host name: dot-separated labels of letters, digits, `-` and `_`,
+/// each 1 to 63 bytes and not starting or ending with `-`, 253 bytes at most (a trailing dot
+/// allowed). Wildcards, `:`, `/` and anything else are not.
+fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 fn is_spiffe(uri: &str) -> bool {
@@ -111,6 +133,34 @@ mod tests {
         assert!(IdentityPattern::parse("").is_err());
         assert!(IdentityPattern::parse("spiffe://*/ns").is_err());
         assert!(IdentityPattern::parse("spiffe://*/ns/*").is_err());
+    }
+
+    #[test]
+    fn dns_names() {
+        for ok in [
+            "web",
+            "web.default.svc",
+            "web.default.svc.",
+            "a-b.c_d.x1",
+            "1.2.3.4",
+        ] {
+            assert!(is_dns_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "spiffe://td/ns/a/sa/b",
+            "spiffe:td",
+            "a/b",
+            "*.web.default",
+            "-web",
+            "web-",
+            "a..b",
+            "web default",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_dns_name(bad), "{bad}");
+        }
     }
 
     #[test]

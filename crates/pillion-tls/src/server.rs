@@ -37,7 +37,7 @@ pub struct ServerTls {
 /// What a completed handshake says about the client.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerInfo {
-    /// The client certificate's SPIFFE ID (URI SAN), else its first DNS SAN.
+    /// The client certificate's SPIFFE ID (URI SAN), else its first well-formed DNS SAN.
     pub identity: Option<Arc<str>>,
     /// Whether ALPN selected `h2`.
     pub alpn_h2: bool,

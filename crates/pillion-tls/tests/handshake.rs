@@ -481,3 +481,105 @@ async fn bad_files_are_reported_with_their_path() {
         .to_string();
     assert!(err.contains("only allowed at the end"), "{err}");
 }
+
+/// A client certificate signed by `pki`'s CA with exactly these SANs (no SPIFFE ID unless one
+/// is given), written to `<stem>.pem` (with the CA) and `<stem>-key.pem`.
+fn signed_with_sans(
+    pki: &Pki,
+    stem: &str,
+    sans: Vec<rcgen::SanType>,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::from_pem(&pki.ca.key_pem).unwrap();
+    let issuer = rcgen::CertificateParams::from_ca_cert_pem(&pki.ca.cert_pem)
+        .unwrap()
+        .self_signed(&ca_key)
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = sans;
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &issuer, &ca_key).unwrap();
+    let (cert_path, key_path) = (
+        pki.path(&format!("{stem}.pem")),
+        pki.path(&format!("{stem}-key.pem")),
+    );
+    std::fs::write(&cert_path, format!("{}{}", cert.pem(), pki.ca.cert_pem)).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+/// The identity the server reports for a client presenting a certificate with `sans`.
+async fn identity_of(s: &mut Setup, stem: &str, sans: Vec<rcgen::SanType>) -> Option<String> {
+    let (cert, key) = signed_with_sans(&s.pki, stem, sans);
+    let cfg = cluster_tls(Some((&cert, &key)), &[s.pki.ca_path()], &[&id("server")]);
+    let c = ClientTls::new(stem, &cfg, false, &s.metrics).unwrap();
+    let _stream = c
+        .connect(s.server.tcp().await, s.server.ip())
+        .await
+        .unwrap();
+    let peer = s.server.next().await.unwrap();
+    peer.identity.as_deref().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn a_dns_san_is_never_taken_for_a_spiffe_id() {
+    use pillion_config::AuthzRule;
+    use pillion_tls::authz::{Decision, Policy};
+    use rcgen::SanType;
+    let mut s = setup().await;
+    let admin = id("admin");
+    let ia5 = |s: &str| SanType::DnsName(s.try_into().unwrap());
+    let rule = |name: &str, from: &str| AuthzRule {
+        name: Some(name.into()),
+        from: vec![from.into()],
+        methods: vec![],
+        paths: vec![],
+    };
+    let policy = Policy::compile(
+        "inbound",
+        &[
+            rule("admins", &admin),
+            rule("mesh", "spiffe://td.test/*"),
+            rule("dns", "web.td.test"),
+        ],
+        &s.metrics,
+    )
+    .unwrap();
+    let decide = |id: Option<&str>| policy.check(id, None);
+
+    // A DNS SAN spelling a SPIFFE ID, and no URI SAN: no identity at all, so denied.
+    let fake = identity_of(&mut s, "fake", vec![ia5(&admin)]).await;
+    assert_eq!(fake, None);
+    assert_eq!(decide(fake.as_deref()), Decision::Deny);
+
+    // With a real DNS name after it, that name is the identity: it matches DNS rules only.
+    let fake_then_dns =
+        identity_of(&mut s, "fake-dns", vec![ia5(&admin), ia5("web.td.test")]).await;
+    assert_eq!(fake_then_dns.as_deref(), Some("web.td.test"));
+    assert_eq!(
+        decide(fake_then_dns.as_deref()),
+        Decision::Allow { rule: "dns".into() }
+    );
+
+    // A URI SAN with the spiffe scheme is the SPIFFE ID, whatever DNS SANs come first.
+    let real = identity_of(
+        &mut s,
+        "real",
+        vec![
+            ia5("web.td.test"),
+            SanType::URI(admin.as_str().try_into().unwrap()),
+        ],
+    )
+    .await;
+    assert_eq!(real.as_deref(), Some(admin.as_str()));
+    assert_eq!(
+        decide(real.as_deref()),
+        Decision::Allow {
+            rule: "admins".into()
+        }
+    );
+}
