@@ -522,3 +522,79 @@ fn run_rejects_a_log_level_typo_without_binding() {
         assert!(is_bindable(listen), "{level}: {listen} left bound");
     }
 }
+
+#[test]
+fn run_refuses_unusable_certificates_and_keys_naming_the_file_and_what_it_holds() {
+    use pillion_tests::mtls::{spiffe, yq, Pki};
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let good = pki.workload(&ca, "good", "server", &spiffe("default", "server"), &[]);
+    let expired = pki.workload(
+        &ca,
+        "old",
+        "server",
+        &spiffe("default", "server"),
+        &["--expired"],
+    );
+    let encrypted = pki.root().join("encrypted-key.pem");
+    std::fs::write(
+        &encrypted,
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIFHDBOBgkqhkiG9w0BBQ0wQTApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let cases = [
+        (
+            "an expired certificate",
+            &expired.cert,
+            &expired.key,
+            &expired.cert,
+            "the certificate expired at",
+        ),
+        (
+            "an encrypted key",
+            &good.cert,
+            &encrypted,
+            &encrypted,
+            "found `ENCRYPTED PRIVATE KEY`",
+        ),
+        (
+            "a certificate as the key",
+            &good.cert,
+            &good.cert,
+            &good.cert,
+            "found `CERTIFICATE`",
+        ),
+        (
+            "a key as the certificate",
+            &good.key,
+            &good.key,
+            &good.key,
+            "found `PRIVATE KEY`",
+        ),
+    ];
+    for (what, cert, key, named, says) in cases {
+        let listen = free_addr();
+        let yaml = format!(
+            "admin:\n  address: {admin}\n  health_address: null\nlisteners:\n  - name: in\n    address: {listen}\n    protocol: http\n    cluster: app\n    tls: {{cert: {cert}, key: {key}, ca: [{ca}]}}\nclusters:\n  - name: app\n    endpoints: [127.0.0.1:1]\n",
+            admin = free_addr(),
+            cert = yq(cert),
+            key = yq(key),
+            ca = yq(&ca.pem),
+        );
+        let path = pki.root().join("pillion.yaml");
+        std::fs::write(&path, &yaml).unwrap();
+        let out = pillion(&["run", "--config", path.to_str().unwrap()], LIMIT);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("listeners[0].tls"))
+            .unwrap_or_else(|| panic!("{what}: no error for listeners[0].tls in {stderr}"));
+        assert!(
+            line.contains(&named.display().to_string()),
+            "{what}: {line}"
+        );
+        assert!(line.contains(says), "{what}: {line}");
+        assert!(is_bindable(listen), "{what}: {listen} was bound");
+    }
+}

@@ -124,6 +124,8 @@ pub enum Validity {
     Days(u32),
     /// It expired yesterday.
     Expired,
+    /// It becomes valid tomorrow (to test that it is refused until then).
+    NotYetValid,
 }
 
 /// Why `pillion cert` failed.
@@ -306,7 +308,7 @@ pub fn issue_workload(
     params.not_before = not_before;
     params.not_after = match spec.validity {
         Validity::Days(_) => not_after.min(ca_not_after),
-        Validity::Expired => not_after,
+        Validity::Expired | Validity::NotYetValid => not_after,
     };
     let cert = params
         .signed_by(&key, &issuer, &issuer_key)
@@ -374,6 +376,7 @@ fn validity(v: Validity) -> (OffsetDateTime, OffsetDateTime) {
             now + Duration::days(i64::from(days)),
         ),
         Validity::Expired => (now - Duration::days(2), now - Duration::days(1)),
+        Validity::NotYetValid => (now + Duration::days(1), now + Duration::days(2)),
     }
 }
 

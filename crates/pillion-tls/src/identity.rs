@@ -10,6 +10,8 @@ pub(crate) struct LeafInfo {
     pub(crate) spiffe_id: Option<String>,
     /// The first DNS SAN that is a well-formed DNS name (see [`is_dns_name`]).
     pub(crate) first_dns: Option<String>,
+    /// The start of the validity period, in Unix seconds.
+    pub(crate) not_before: i64,
     /// The end of the validity period, in Unix seconds.
     pub(crate) not_after: i64,
 }
@@ -28,6 +30,7 @@ pub(crate) fn parse_leaf(der: &[u8]) -> Result<LeafInfo, String> {
     let mut info = LeafInfo {
         spiffe_id: None,
         first_dns: None,
+        not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
     };
     let san = cert

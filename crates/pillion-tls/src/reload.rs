@@ -8,7 +8,8 @@
 //!
 //! A change is applied once the files stop changing (two reads `settle` apart agree), so a
 //! certificate and key rewritten one after the other load together instead of being rejected
-//! as mismatched in between. A rejected change is logged (`warn!`) and counted once; the old
+//! as mismatched in between. A rejected change (a malformed or mismatched file, or a
+//! certificate outside its validity period) is logged at ERROR and counted once; the old
 //! config keeps serving until the files change again.
 //!
 //! The task holds only a `Weak` to its owner and is also aborted when the owner is dropped.
@@ -20,7 +21,7 @@ use crate::{
 };
 use std::{path::PathBuf, sync::Weak, time::Duration};
 use tokio::time::MissedTickBehavior;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info};
 
 /// The longest pause between the reads that confirm a change has settled.
 const MAX_SETTLE: Duration = Duration::from_millis(100);
@@ -115,11 +116,11 @@ pub(crate) async fn watch<T: Reload>(
                 );
                 this.file_metrics().reloaded(true);
             }
-            Err(error) => {
-                warn!(
+            Err(err) => {
+                error!(
                     tls = this.name(),
                     side = this.side().as_str(),
-                    %error,
+                    error = %err,
                     "rejected changed TLS files; still using the previous ones"
                 );
                 this.file_metrics().reloaded(false);

@@ -164,11 +164,26 @@ async fn client_cert_from_another_ca_rejected() {
 async fn expired_client_cert_rejected() {
     let mut s = setup().await;
     let (cert, key) = s.pki.workload_with("old", &id("web"), Validity::Expired);
-    let cfg = cluster_tls(Some((&cert, &key)), &[s.pki.ca_path()], &[&id("server")]);
-    let c = ClientTls::new("old", &cfg, false, &s.metrics).unwrap();
+    // Pillion refuses to load an expired certificate of its own, so a plain rustls client
+    // presents it.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pem_certs(&s.pki.ca_path()).remove(0)).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(PROTOCOL_VERSIONS)
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(pem_certs(&cert), pem_key(&key))
+    .unwrap();
+    let _stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("server.td.test".try_into().unwrap(), s.server.tcp().await)
+        .await;
+    let err = s.server.next().await.unwrap_err();
     assert_eq!(
-        server_rejects(&mut s, &c).await,
-        HandshakeFailure::CertExpired
+        err.handshake_failure(),
+        Some(HandshakeFailure::CertExpired),
+        "{err}"
     );
 }
 
@@ -406,6 +421,34 @@ async fn server_from_untrusted_ca_rejected_by_client() {
 }
 
 #[tokio::test]
+async fn certificates_outside_their_validity_are_refused_at_startup() {
+    let pki = Pki::new();
+    let metrics = TlsMetrics::default();
+    for (validity, stem, reason) in [
+        (Validity::Expired, "expired", "the certificate expired at"),
+        (
+            Validity::NotYetValid,
+            "future",
+            "the certificate is not valid until",
+        ),
+    ] {
+        let (cert, key) = pki.workload_with(stem, &id(stem), validity);
+        let err = ServerTls::new("l", &listener_tls(&cert, &key, &[pki.ca_path()]), &metrics)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("{}: {reason}", cert.display())),
+            "{err}"
+        );
+        let cfg = cluster_tls(Some((&cert, &key)), &[pki.ca_path()], &[]);
+        let err = ClientTls::new("c", &cfg, false, &metrics)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(reason), "{err}");
+    }
+}
+
+#[tokio::test]
 async fn several_ca_bundles() {
     let a = Pki::new();
     let b = Pki::new();
@@ -457,6 +500,54 @@ async fn bad_files_are_reported_with_their_path() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("garbage.pem: no certificate found"), "{err}");
+
+    // What was found instead is named: a certificate where the key goes, an encrypted key, a
+    // file with no PEM at all.
+    let err = ServerTls::new("l", &listener_tls(&cert, &cert, &[pki.ca_path()]), &metrics)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!("{}: no private key found", cert.display())),
+        "{err}"
+    );
+    assert!(err.contains("found `CERTIFICATE`"), "{err}");
+    assert!(err.contains("swapped"), "{err}");
+    let encrypted = pki.path("encrypted-key.pem");
+    std::fs::write(
+        &encrypted,
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIFHDBOBgkqhkiG9w0BBQ0wQTApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let err = ServerTls::new(
+        "l",
+        &listener_tls(&cert, &encrypted, &[pki.ca_path()]),
+        &metrics,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("encrypted-key.pem"), "{err}");
+    assert!(err.contains("found `ENCRYPTED PRIVATE KEY`"), "{err}");
+    assert!(
+        err.contains("encrypted, which Pillion does not support"),
+        "{err}"
+    );
+    let err = ServerTls::new(
+        "l",
+        &listener_tls(&cert, &garbage, &[pki.ca_path()]),
+        &metrics,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("garbage.pem: no private key found"), "{err}");
+    assert!(err.contains("found no PEM blocks"), "{err}");
+    let err = ServerTls::new("l", &listener_tls(&key, &key, &[pki.ca_path()]), &metrics)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no certificate found"), "{err}");
+    assert!(
+        err.contains("found `PRIVATE KEY`: a private key, where a certificate is expected"),
+        "{err}"
+    );
 
     let missing = pki.path("missing.pem");
     let err = ServerTls::new("l", &listener_tls(&cert, &key, &[missing]), &metrics)

@@ -214,8 +214,8 @@ async fn garbage_keeps_the_old_cert_and_counts_an_error() {
     let line = text
         .lines()
         .find(|l| l.contains("rejected changed TLS files"))
-        .unwrap_or_else(|| panic!("no warning in {text}"));
-    assert!(line.contains("WARN"), "{line}");
+        .unwrap_or_else(|| panic!("no error line in {text}"));
+    assert!(line.contains("ERROR"), "{line}");
     assert!(line.contains(&s.cert.display().to_string()), "{line}");
     assert!(line.contains("invalid PEM"), "{line}");
 
@@ -236,6 +236,63 @@ async fn garbage_keeps_the_old_cert_and_counts_an_error() {
         presented(&mut s.server, &s.prober).await == Some(id("b"))
     );
     assert_eq!(reloads(&s.registry, "ok"), 1.0);
+}
+
+#[tokio::test]
+async fn expired_or_not_yet_valid_certificates_are_refused_and_the_old_one_kept() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // NOTE: the test runtime is single-threaded, so the watcher task logs on this thread.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut s = setup().await;
+    assert_eq!(presented(&mut s.server, &s.prober).await, Some(id("a")));
+    let cases = [
+        (pillion_tls::cert::Validity::Expired, "b", "expired at"),
+        (
+            pillion_tls::cert::Validity::NotYetValid,
+            "c",
+            "not valid until",
+        ),
+    ];
+    for (n, (validity, name, reason)) in cases.into_iter().enumerate() {
+        let bad = s.pki.issue(&id(name), validity);
+        // Key first, then the certificate: the pair is consistent once both are written.
+        rewrite(&s.key, &bad.key_pem);
+        rewrite(&s.cert, &bad.chain_pem);
+        let errors = 1.0 + n as f64;
+        eventually!(
+            format!("reload error #{errors}"),
+            reloads(&s.registry, "error") >= errors
+        );
+        assert_eq!(
+            presented(&mut s.server, &s.prober).await,
+            Some(id("a")),
+            "{validity:?}: the previous certificate keeps serving"
+        );
+        let text = logs.text();
+        let line = text
+            .lines()
+            .filter(|l| l.contains("rejected changed TLS files"))
+            .find(|l| l.contains(reason))
+            .unwrap_or_else(|| panic!("{validity:?}: no error line saying {reason:?} in {text}"));
+        assert!(line.contains("ERROR"), "{line}");
+        assert!(line.contains(&s.cert.display().to_string()), "{line}");
+    }
+    assert_eq!(reloads(&s.registry, "ok"), 0.0);
+
+    // A valid certificate is loaded again.
+    let good = s.pki.issue(&id("d"), pillion_tls::cert::Validity::Days(1));
+    rewrite(&s.key, &good.key_pem);
+    rewrite(&s.cert, &good.chain_pem);
+    eventually!(
+        "the valid certificate",
+        presented(&mut s.server, &s.prober).await == Some(id("d"))
+    );
 }
 
 #[tokio::test]
