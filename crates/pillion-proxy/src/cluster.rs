@@ -456,18 +456,16 @@ impl Cluster {
         }
         this.upstream.requests.inc();
         let deadline = pillion_layers::timeout::Deadline::of(&req);
-        let pending = PendingTry::new(pick, &ep, deadline);
+        let pending = PendingTry::new(pick, ep, deadline);
         if h2 {
             Box::pin(async move {
-                let result = this.h2.send_h2(&ep, req).await;
-                let (pick, started) = pending.settle();
-                this.record(result, pick, &ep, started)
+                let result = this.h2.send_h2(&pending.ep, req).await;
+                pending.settle(&this, result)
             })
         } else {
             Box::pin(async move {
-                let result = this.h1.send_h1(&ep, req).await;
-                let (pick, started) = pending.settle();
-                this.record(result, pick, &ep, started)
+                let result = this.h1.send_h1(&pending.ep, req).await;
+                pending.settle(&this, result)
             })
         }
     }
@@ -538,27 +536,34 @@ impl Cluster {
 /// outlier detection, as one that answers 504 is. A cancelled try records nothing.
 struct PendingTry {
     pick: Option<pillion_layers::balance::Pick>,
-    stats: Option<EndpointStats>,
+    ep: Arc<Endpoint>,
     started: Instant,
     deadline: Option<Instant>,
 }
 
 impl PendingTry {
-    fn new(pick: pillion_layers::balance::Pick, ep: &Endpoint, deadline: Option<Instant>) -> Self {
+    fn new(
+        pick: pillion_layers::balance::Pick,
+        ep: Arc<Endpoint>,
+        deadline: Option<Instant>,
+    ) -> Self {
         Self {
             pick: Some(pick),
-            stats: ep.stats.clone(),
+            ep,
             started: Instant::now(),
             deadline,
         }
     }
 
-    /// The try ended with a result (recorded by the caller).
-    fn settle(mut self) -> (pillion_layers::balance::Pick, Instant) {
-        let pick = self.pick.take();
-        match pick {
-            Some(pick) => (pick, self.started),
-            // NOTE: `pick` is only taken here, and `settle` takes `self`.
+    /// The try ended with `result`: records it.
+    fn settle(
+        mut self,
+        cluster: &Cluster,
+        result: Result<Response<UpstreamBody>, BoxError>,
+    ) -> Result<Response<UpstreamBody>, BoxError> {
+        match self.pick.take() {
+            Some(pick) => cluster.record(result, pick, &self.ep, self.started),
+            // NOTE: `pick` is only taken here and in `drop`, and `settle` takes `self`.
             None => unreachable!("a try settles once"),
         }
     }
@@ -566,15 +571,17 @@ impl PendingTry {
 
 impl Drop for PendingTry {
     fn drop(&mut self) {
-        let (Some(pick), Some(deadline)) = (self.pick.take(), self.deadline) else {
+        let Some(deadline) = self.deadline else {
             return;
         };
-        let now = Instant::now();
-        if now < deadline {
+        let Some(pick) = self.pick.take() else {
+            return;
+        };
+        if Instant::now() < deadline {
             return;
         }
         let elapsed = pick.record_since(self.started, Outcome::GatewayError);
-        if let Some(s) = &self.stats {
+        if let Some(s) = &self.ep.stats {
             s.record(504, elapsed);
         }
         debug!(endpoint = %pick.addr(), ?elapsed, "try timed out: recorded as a gateway error");

@@ -42,9 +42,11 @@ pin_project_lite::pin_project! {
 /// give while it is asked for more, re-armed only after it gave something. A body that is not
 /// asked (its reader is busy writing) is not idle. The timer is allocated the first time the
 /// body makes its reader wait, never for a body that is always ready.
+///
+/// NOTE: 16 bytes (the timeout in milliseconds), as it makes every body bigger.
 struct IdleTimer {
-    after: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
+    after_ms: u32,
     moved: bool,
 }
 
@@ -60,10 +62,15 @@ pub struct StreamIdle {
 impl IdleTimer {
     fn new(after: Duration) -> Self {
         Self {
-            after,
             sleep: None,
+            // NOTE: at least 1ms; a timeout beyond 49 days is as good as none.
+            after_ms: u32::try_from(after.as_millis()).unwrap_or(u32::MAX).max(1),
             moved: true,
         }
+    }
+
+    fn after(&self) -> Duration {
+        Duration::from_millis(u64::from(self.after_ms))
     }
 
     /// Notes what the body's poll gave: data or an end re-arm the timer; `Pending` polls it,
@@ -75,7 +82,7 @@ impl IdleTimer {
         }
         if self.moved {
             self.moved = false;
-            let at = Instant::now() + self.after;
+            let at = Instant::now() + self.after();
             match &mut self.sleep {
                 Some(s) => s.as_mut().reset(at),
                 None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
@@ -84,7 +91,9 @@ impl IdleTimer {
         match &mut self.sleep {
             Some(s) => {
                 ready!(s.as_mut().poll(cx));
-                Poll::Ready(StreamIdle { after: self.after })
+                Poll::Ready(StreamIdle {
+                    after: self.after(),
+                })
             }
             None => Poll::Pending,
         }
