@@ -59,9 +59,13 @@ async fn wait_closed(mut tcp: TcpStream, drip: &[u8], limit: Duration, what: &st
 }
 
 async fn start() -> (Echo, Proxy, SocketAddr) {
+    start_with_args(&[]).await
+}
+
+async fn start_with_args(args: &[&str]) -> (Echo, Proxy, SocketAddr) {
     let echo = Echo::start().await;
     let listen = free_addr();
-    let proxy = Proxy::start(&format!(
+    let proxy = Proxy::start_with_args(args, &format!(
         "drain_timeout: 10s\nlisteners:\n  - name: web\n    address: {listen}\n    protocol: http\n    cluster: app\n    routes:\n      - {{name: dead, match: {{prefix: /dead}}, cluster: dead}}\nclusters:\n  - name: app\n    endpoints: [{}]\n  - name: dead\n    endpoints: [{}]\n",
         echo.addr(),
         free_addr()
@@ -237,6 +241,31 @@ async fn log_levels_change_at_run_time() {
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_bare_target_in_the_log_filter_logs_every_level_of_it() {
+    // As with RUST_LOG=hyper: a word that is no level's near miss names a target.
+    let (_echo, proxy, listen) = start_with_args(&["--log-level", "warn,pillion_proxy"]).await;
+    assert_eq!(
+        call(listen, "GET", "/dead").await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    eventually("a DEBUG line from pillion_proxy", || {
+        let log = proxy.log_text();
+        async move {
+            log.lines()
+                .any(|l| l.contains("DEBUG") && l.contains("pillion_proxy"))
+                .then_some(())
+        }
+    })
+    .await;
+    let log = proxy.log_text();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains(" INFO ") && !l.contains("pillion_proxy")),
+        "{log}"
+    );
 }
 
 #[tokio::test]
