@@ -458,8 +458,8 @@ fn percent(c: &mut Checker<'_>, path: &str, p: f64) {
 /// Whether two listening addresses would collide when bound (port 0 never does: the system
 /// picks a free port).
 ///
-/// NOTE: listeners are bound without `IPV6_V6ONLY`, so with Linux's default
-/// (`net.ipv6.bindv6only = 0`) `[::]:P` is dual-stack and also takes every IPv4 address on P.
+/// NOTE: listeners are bound with `IPV6_V6ONLY` off (`pillion_proxy::listen`), whatever the
+/// host's `net.ipv6.bindv6only`, so `[::]:P` is dual-stack and also takes every IPv4 address on P.
 fn conflicts(a: SocketAddr, b: SocketAddr) -> bool {
     use std::net::IpAddr;
     // `[::ffff:127.0.0.1]` is 127.0.0.1 to the kernel.

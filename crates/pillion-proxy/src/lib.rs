@@ -17,4 +17,4 @@ pub mod pool;
 mod server;
 pub mod tcp;
 
-pub use self::server::{BindError, BuildError, ListenerInfo, Proxy};
+pub use self::server::{listen, BindError, BuildError, ListenerInfo, Proxy};

@@ -89,6 +89,26 @@ pub struct BindError {
     source: std::io::Error,
 }
 
+/// Binds a listening socket at `addr`, the same way on every host.
+///
+/// NOTE: an IPv6 address is bound with `IPV6_V6ONLY` off, whatever the host's
+/// `net.ipv6.bindv6only` says, so `[::]:P` takes IPv4 connections on P too; config validation
+/// counts on it when it looks for addresses that collide.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As tokio's `TcpListener::bind`: a restarted proxy binds again while the connections of
+    // the one before are in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
 // === impl Proxy ===
 
 impl Proxy {
@@ -139,16 +159,14 @@ impl Proxy {
     }
 
     /// Binds every listener, in config order; fails on the first address that cannot be bound.
-    pub async fn bind(&self) -> Result<Vec<TcpListener>, BindError> {
+    pub fn bind(&self) -> Result<Vec<TcpListener>, BindError> {
         let mut bound = Vec::with_capacity(self.listeners.len());
         for l in &self.listeners {
-            let sock = TcpListener::bind(l.address)
-                .await
-                .map_err(|source| BindError {
-                    listener: l.name.clone(),
-                    address: l.address,
-                    source,
-                })?;
+            let sock = listen(l.address).map_err(|source| BindError {
+                listener: l.name.clone(),
+                address: l.address,
+                source,
+            })?;
             bound.push(sock);
         }
         Ok(bound)

@@ -334,7 +334,7 @@ async fn serve(config: Config, log: LogControl) -> ExitCode {
     };
     let admin = Admin::new(registry, controls);
 
-    let admin_sock = match tokio::net::TcpListener::bind(config.admin.address).await {
+    let admin_sock = match pillion_proxy::listen(config.admin.address) {
         Ok(s) => s,
         Err(e) => {
             eprintln!(
@@ -346,7 +346,7 @@ async fn serve(config: Config, log: LogControl) -> ExitCode {
     };
     let health_sock = match config.admin.health_address {
         None => None,
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+        Some(addr) => match pillion_proxy::listen(addr) {
             Ok(s) => Some(s),
             Err(e) => {
                 eprintln!("error: cannot listen on {addr} (admin.health_address): {e}");
@@ -354,7 +354,7 @@ async fn serve(config: Config, log: LogControl) -> ExitCode {
             }
         },
     };
-    let bound = match proxy.bind().await {
+    let bound = match proxy.bind() {
         Ok(b) => b,
         Err(e) => {
             eprintln!("error: {e}");
