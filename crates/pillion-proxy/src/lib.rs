@@ -16,5 +16,6 @@ pub mod metrics;
 pub mod pool;
 mod server;
 pub mod tcp;
+mod wake;
 
 pub use self::server::{listen, BindError, BuildError, ListenerInfo, Proxy};

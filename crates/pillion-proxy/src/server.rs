@@ -7,6 +7,7 @@ use crate::{
     http::{ConnCtx, HttpListener, ProxyError, RouteTable},
     io::{Activity, IdleIo, PrefixedIo, TcpIo},
     tcp,
+    wake::OnWake,
 };
 use arc_swap::ArcSwap;
 use bytes::BytesMut;
@@ -467,8 +468,9 @@ async fn drive<C, E>(
 where
     C: Future<Output = Result<(), E>>,
 {
-    let cancelled = shutdown.cancelled();
-    let idle = crate::io::idle(activity, l.idle_timeout);
+    // NOTE: polled only when their own wakers fire, not on every wake-up of the connection.
+    let cancelled = OnWake::new(shutdown.cancelled());
+    let idle = OnWake::new(crate::io::idle(activity, l.idle_timeout));
     tokio::pin!(cancelled, idle);
     let mut closing = false;
     // NOTE: armed only when the connection waits in the middle of a head, so a head that comes
