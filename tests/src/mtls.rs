@@ -1,7 +1,8 @@
 //! Mutual-TLS support for the end-to-end tests: certificates made with the real `pillion cert`
-//! commands, config fragments that use them, a rustls test client (with or without a client
-//! certificate) speaking HTTP/1.1, HTTP/2 or raw bytes, and a Kubernetes-style secret directory
-//! whose files are swapped through a `..data` symlink.
+//! commands (and an expired CA, which they do not make), config fragments that use them, a
+//! rustls test client (with or without a client certificate) speaking HTTP/1.1, HTTP/2 or raw
+//! bytes, and a Kubernetes-style secret directory whose files are swapped through a `..data`
+//! symlink.
 
 use std::io;
 use std::net::SocketAddr;
@@ -122,6 +123,27 @@ impl Pki {
         Self::assert_exists(&issued.cert);
         Self::assert_exists(&issued.key);
         issued
+    }
+
+    /// A CA valid from 2020-01-01 to 2021-01-01 only, written as ROOT/NAME/ca.pem and
+    /// ca-key.pem. `pillion cert ca` makes only current CAs, so rcgen makes this one.
+    pub fn expired_ca(&self, name: &str) -> Ca {
+        use rcgen::{date_time_ymd, BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("Expired test CA {name}"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2021, 1, 1);
+        let cert = params.self_signed(&key).expect("self-signed CA");
+        let dir = self.root().join(name);
+        std::fs::create_dir_all(&dir).expect("create the CA directory");
+        let pem = dir.join("ca.pem");
+        std::fs::write(dir.join("ca-key.pem"), key.serialize_pem()).expect("write ca-key.pem");
+        std::fs::write(&pem, cert.pem()).expect("write ca.pem");
+        Ca { dir, pem }
     }
 
     fn assert_exists(path: &Path) {

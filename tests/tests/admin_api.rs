@@ -3,7 +3,8 @@
 
 use http::StatusCode;
 use pillion_tests::{
-    client, eventually, free_addr, within_for, Echo, H1Client, Metrics, Proxy, Reply,
+    client, eventually, free_addr, within, within_for, Echo, H1Client, H2Client, Metrics, Proxy,
+    Reply,
 };
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -360,6 +361,112 @@ async fn cross_origin_posts_are_refused_and_same_origin_ones_allowed() {
     assert_eq!(r.status, StatusCode::OK);
 }
 
+/// Sends `request` as written on a new connection and reads until the server closes it;
+/// returns the status line and the body.
+async fn raw(addr: SocketAddr, request: &str) -> (String, String) {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    within(
+        "the server closes the connection",
+        tcp.read_to_end(&mut out),
+    )
+    .await
+    .expect("read");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (status, body.to_owned())
+}
+
+#[tokio::test]
+async fn the_admin_port_refuses_hosts_a_dns_rebinding_page_would_send() {
+    let (_echo, mut proxy, _listen) = start().await;
+    let admin = proxy.admin_addr();
+    let port = admin.port();
+    // What the operator's browser sends once a page's DNS name is rebound to 127.0.0.1.
+    let evil = format!("evil.example:{port}");
+    for path in [
+        "/config_dump",
+        "/clusters",
+        "/listeners",
+        "/metrics",
+        "/ready",
+    ] {
+        let (status, body) = raw(
+            admin,
+            &format!("GET {path} HTTP/1.1\r\nHost: {evil}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(
+            status.starts_with("HTTP/1.1 403"),
+            "GET {path}: {status}\n{body}"
+        );
+        assert!(body.contains("Host"), "GET {path}: {body}");
+        assert!(!body.contains("listeners"), "GET {path} leaked: {body}");
+    }
+    // HTTP/2 names the host in `:authority`.
+    let h2 = H2Client::connect(admin).await;
+    let r = h2.get(&format!("http://{evil}/config_dump")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    // Nor can such a page change state (it need not send an Origin on a simple POST).
+    let (status, _) = raw(
+        admin,
+        &format!("POST /shutdown HTTP/1.1\r\nHost: {evil}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+    assert!(
+        proxy.try_wait().is_none(),
+        "/shutdown with a foreign Host stopped the proxy"
+    );
+    eventually("a WARN naming the refusal", || {
+        let log = proxy.log_text();
+        async move {
+            log.lines()
+                .any(|l| {
+                    l.contains("WARN") && l.contains("refused an admin request for another host")
+                })
+                .then_some(())
+        }
+    })
+    .await;
+
+    // curl by address or by `localhost`, `kubectl port-forward` (its own local port), and a
+    // script's HTTP/1.0 request with no Host at all.
+    let forwarded = "127.0.0.1:9000";
+    let localhost = format!("localhost:{port}");
+    let by_address = admin.to_string();
+    for host in [by_address.as_str(), localhost.as_str(), forwarded] {
+        let (status, body) = raw(
+            admin,
+            &format!("GET /config_dump HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(
+            status.starts_with("HTTP/1.1 200"),
+            "Host: {host}: {status}\n{body}"
+        );
+        assert!(body.contains("listeners:"), "Host: {host}: {body}");
+    }
+    let (status, body) = raw(admin, "GET /config_dump HTTP/1.0\r\n\r\n").await;
+    assert!(
+        status.starts_with("HTTP/1.0 200"),
+        "no Host: {status}\n{body}"
+    );
+    assert!(body.contains("listeners:"), "no Host: {body}");
+    let r = h2.get(&format!("http://{by_address}/config_dump")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // The health port is reached by the pod IP or a service name: any Host will do.
+    let (status, body) = raw(
+        proxy.health_addr(),
+        &format!("GET /ready HTTP/1.1\r\nHost: {evil}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}\n{body}");
+}
+
 #[tokio::test]
 async fn slow_and_silent_clients_are_cut_off_on_both_ports() {
     let echo = Echo::start().await;
@@ -415,7 +522,7 @@ async fn slow_and_silent_clients_are_cut_off_on_both_ports() {
 
         // A kept-alive connection that goes quiet after a request.
         let mut tcp = TcpStream::connect(addr).await.expect("connect");
-        tcp.write_all(b"GET /live HTTP/1.1\r\nhost: x\r\n\r\n")
+        tcp.write_all(format!("GET /live HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes())
             .await
             .expect("write");
         let (head, _) = pillion_tests::net::read_response_head(&mut tcp).await;

@@ -598,3 +598,63 @@ fn run_refuses_unusable_certificates_and_keys_naming_the_file_and_what_it_holds(
         assert!(is_bindable(listen), "{what}: {listen} was bound");
     }
 }
+
+#[test]
+fn a_ca_bundle_with_no_certificate_in_date_is_refused_naming_the_file() {
+    use pillion_tests::mtls::{spiffe, yq, Pki};
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let server = pki.workload(&ca, "certs", "server", &spiffe("default", "server"), &[]);
+    let expired = pki.expired_ca("old-ca");
+    let listen = free_addr();
+    let config = |bundle: &str| {
+        format!(
+            "admin:\n  address: {admin}\n  health_address: null\nlisteners:\n  - name: in\n    address: {listen}\n    protocol: http\n    cluster: app\n    tls: {{cert: {cert}, key: {key}, ca: [{bundle}]}}\nclusters:\n  - name: app\n    endpoints: [127.0.0.1:1]\n    tls: {{ca: [{bundle}]}}\n",
+            admin = free_addr(),
+            cert = yq(&server.cert),
+            key = yq(&server.key),
+        )
+    };
+    let path = pki.root().join("pillion.yaml");
+    let file = path.to_str().unwrap();
+    std::fs::write(&path, config(&yq(&expired.pem))).unwrap();
+    for args in [vec!["check", file], vec!["run", "--config", file]] {
+        let out = pillion(&args, LIMIT);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        for key in ["listeners[0].tls", "clusters[0].tls"] {
+            let line = stderr
+                .lines()
+                .find(|l| l.contains(key))
+                .unwrap_or_else(|| panic!("{args:?}: no error for {key} in {stderr}"));
+            assert!(
+                line.contains(&format!(
+                    "{}: no CA certificate is within its validity period",
+                    expired.pem.display()
+                )),
+                "{args:?}: {line}"
+            );
+            assert!(
+                line.contains(
+                    "certificate #1 (CN=Expired test CA old-ca) expired at 2021-01-01 00:00:00 UTC (notAfter)"
+                ),
+                "{args:?}: {line}"
+            );
+        }
+        assert!(is_bindable(listen), "{args:?}: {listen} was bound");
+    }
+
+    // A CA rotation: the expired CA beside the current one is a usable bundle.
+    std::fs::write(
+        &path,
+        config(&format!("{}, {}", yq(&expired.pem), yq(&ca.pem))),
+    )
+    .unwrap();
+    let out = pillion(&["check", file], LIMIT);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

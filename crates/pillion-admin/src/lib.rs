@@ -4,6 +4,9 @@
 //! Endpoints that change state answer POST only; GET on them is 405 (with `Allow`), as on
 //! Envoy's admin, and a browser's cross-origin POST (an `Origin` that is not the admin's own
 //! address) is 403, so a web page cannot drive the admin through the operator's browser.
+//! Every request on the admin port must also be addressed to an IP literal or (on loopback)
+//! `localhost` in its `Host`, else it is 403: a page whose DNS name is rebound to the admin's
+//! address cannot read it either.
 //!
 //! Both ports bound what a client can hold: a request head must arrive within the header
 //! timeout, a connection with no new request is closed after the idle timeout, and at most
@@ -21,7 +24,7 @@ use prometheus_client::{
 };
 use std::{
     convert::Infallible,
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
         Arc,
@@ -238,6 +241,11 @@ impl Admin {
                 "not found: this port serves /ready, /live and /metrics only\n",
             );
         }
+        // NOTE: the health port is not checked: kubelet and Prometheus reach it by the pod IP
+        // or a service name, with whatever Host they like, and it shows nothing worth stealing.
+        if port == Port::Admin && !addressed_to_admin(req, local) {
+            return refuse(Refusal::ForeignHost, req);
+        }
         let get = req.method() == Method::GET || req.method() == Method::HEAD;
         if (read_only || reads) && !get {
             return not_allowed("GET, HEAD", "method not allowed: use GET\n");
@@ -246,15 +254,7 @@ impl Admin {
             return not_allowed("POST", "method not allowed: use POST\n");
         }
         if writes && !same_origin(req.headers(), local) {
-            warn!(
-                path,
-                origin = ?req.headers().get(header::ORIGIN),
-                "refused a cross-origin admin request"
-            );
-            return text(
-                StatusCode::FORBIDDEN,
-                "forbidden: a request with an Origin other than the admin's own address cannot change state\n",
-            );
+            return refuse(Refusal::CrossOrigin, req);
         }
         let c = &self.controls;
         match path {
@@ -363,6 +363,48 @@ impl Port {
     }
 }
 
+/// Why the admin port refuses a request (403): what a web page in the operator's browser could
+/// send, and curl or a script does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// A state-changing request whose `Origin` is not the admin's own address.
+    CrossOrigin,
+    /// A `Host` (or `:authority`) that names neither an IP address nor, on loopback,
+    /// `localhost`: a DNS name that may have been rebound to the admin's address.
+    ForeignHost,
+}
+
+// === impl Refusal ===
+
+impl Refusal {
+    fn body(self) -> &'static str {
+        match self {
+            Self::CrossOrigin => "forbidden: a request with an Origin other than the admin's own address cannot change state\n",
+            Self::ForeignHost => "forbidden: the admin answers only requests whose Host is an IP address or localhost\n",
+        }
+    }
+
+    fn log(self) -> &'static str {
+        match self {
+            Self::CrossOrigin => "refused a cross-origin admin request",
+            Self::ForeignHost => "refused an admin request for another host",
+        }
+    }
+}
+
+/// The one answer to a refused admin request: a WARN with what the request carried, and 403.
+fn refuse(why: Refusal, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    warn!(
+        path = req.uri().path(),
+        host = ?req.headers().get(header::HOST),
+        authority = ?req.uri().authority(),
+        origin = ?req.headers().get(header::ORIGIN),
+        "{}",
+        why.log()
+    );
+    text(StatusCode::FORBIDDEN, why.body())
+}
+
 /// `seen` before the first request.
 const NO_REQUEST: u64 = u64::MAX;
 
@@ -396,28 +438,101 @@ fn same_origin(headers: &http::HeaderMap, local: SocketAddr) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
-    let Some(authority) = origin.to_str().ok().and_then(|o| o.strip_prefix("http://")) else {
+    // NOTE: an Origin is scheme, host and port only; user info or a path is not a browser's,
+    // and `split_host` refuses both.
+    let Some((host, port)) = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.strip_prefix("http://"))
+        .and_then(split_host)
+    else {
         return false;
     };
-    // NOTE: an Origin is scheme, host and port only; user info or a path is not a browser's.
-    let Ok(authority) = authority.parse::<http::uri::Authority>() else {
+    if port.unwrap_or(80) != local.port() {
         return false;
+    }
+    match host {
+        Host::Ip(ip) => ip == local.ip(),
+        Host::Name(name) => local.ip().is_loopback() && name.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// Whether a request on the admin port was sent to a name DNS rebinding cannot produce: every
+/// `Host` header and the URI's authority (HTTP/2's `:authority`, or an absolute-form target)
+/// must pass [`is_admin_host`]. A request with neither (HTTP/1.0 from a script) passes:
+/// rebinding needs a browser, and browsers always send one.
+fn addressed_to_admin<B>(req: &Request<B>, local: SocketAddr) -> bool {
+    let authority = req.uri().authority().map(|a| a.as_str().as_bytes());
+    let hosts = req.headers().get_all(header::HOST).iter();
+    authority
+        .into_iter()
+        .chain(hosts.map(HeaderValue::as_bytes))
+        .all(|name| is_admin_host(name, local))
+}
+
+/// Whether a `Host` value (`host[:port]`) names the admin in a way a web page cannot take over:
+/// an IP literal (any address and port, so that `kubectl port-forward` and NAT keep working),
+/// or `localhost` or a name under `.localhost` when the admin is reached over loopback
+/// (browsers resolve those to loopback themselves, RFC 6761). An empty value is what HTTP/1.1
+/// sends when there is no authority, like no Host at all.
+fn is_admin_host(value: &[u8], local: SocketAddr) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    match std::str::from_utf8(value).ok().and_then(split_host) {
+        Some((Host::Ip(_), _)) => true,
+        Some((Host::Name(name), _)) => local.ip().is_loopback() && is_localhost(name),
+        None => false,
+    }
+}
+
+/// `localhost`, or a name ending in `.localhost`, in any case.
+fn is_localhost(name: &str) -> bool {
+    const SUFFIX: &[u8] = b".localhost";
+    let name = name.as_bytes();
+    name.eq_ignore_ascii_case(&SUFFIX[1..])
+        || (name.len() > SUFFIX.len()
+            && name[name.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX))
+}
+
+/// The host part of a `Host` header or of an Origin after its scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Host<'a> {
+    /// A dotted-quad IPv4 address, or an IPv6 address in brackets.
+    Ip(IpAddr),
+    /// A DNS name: letters, digits, `-`, `_` and `.`.
+    Name(&'a str),
+}
+
+/// Splits `host[:port]` (IPv6 in brackets). `None` when the port is not a number, or the host
+/// is neither an IP address nor a DNS name (empty, user info, a path, an unbracketed IPv6).
+fn split_host(s: &str) -> Option<(Host<'_>, Option<u16>)> {
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|_| p.bytes().all(|b| b.is_ascii_digit()))
     };
-    if authority.as_str().contains('@') {
-        return false;
+    if let Some(rest) = s.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        let ip = ip.parse::<Ipv6Addr>().ok()?;
+        let port = match after {
+            "" => None,
+            p => Some(port(p.strip_prefix(':')?)?),
+        };
+        return Some((Host::Ip(IpAddr::V6(ip)), port));
     }
-    if authority.port_u16().unwrap_or(80) != local.port() {
-        return false;
+    let (host, port) = match s.rsplit_once(':') {
+        Some((host, p)) => (host, Some(port(p)?)),
+        None => (s, None),
+    };
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return Some((Host::Ip(IpAddr::V4(ip)), port));
     }
-    let host = authority.host();
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip == local.ip(),
-        Err(_) => local.ip().is_loopback() && host.eq_ignore_ascii_case("localhost"),
-    }
+    let name = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    name.then_some((Host::Name(host), port))
 }
 
 fn not_allowed(allow: &'static str, body: &'static str) -> Response<Full<Bytes>> {
@@ -483,6 +598,114 @@ mod tests {
         assert!(!same_origin(&origin("http://localhost:15000"), pod));
         let v6: SocketAddr = "[::1]:15000".parse().unwrap();
         assert!(same_origin(&origin("http://[::1]:15000"), v6));
+    }
+
+    #[test]
+    fn hosts() {
+        let lo: SocketAddr = "127.0.0.1:15000".parse().unwrap();
+        let lo6: SocketAddr = "[::1]:15000".parse().unwrap();
+        let pod: SocketAddr = "10.1.2.3:15000".parse().unwrap();
+        for ok in [
+            "127.0.0.1:15000",
+            "127.0.0.1",
+            // `kubectl port-forward` and NAT: another address or port than the listener's.
+            "127.0.0.1:8080",
+            "10.1.2.3",
+            "[::1]:15000",
+            "[::1]",
+            "localhost",
+            "localhost:15000",
+            "LocalHost:15000",
+            "app.localhost:15000",
+            "",
+        ] {
+            assert!(is_admin_host(ok.as_bytes(), lo), "{ok:?}");
+            assert!(is_admin_host(ok.as_bytes(), lo6), "{ok:?} on [::1]");
+        }
+        for bad in [
+            "evil.example:15000",
+            "evil.example",
+            "localhost.evil.example:15000",
+            "evillocalhost:15000",
+            ".localhost",
+            "127.0.0.1.evil.example",
+            // Not literals a browser sends (it would write 127.0.0.1); names to DNS.
+            "127.1",
+            "2130706433",
+            "::1",
+            "[evil.example]:15000",
+            "[::1]x",
+            "[::1]:",
+            "localhost:",
+            "localhost:+80",
+            "localhost:99999",
+            "user@127.0.0.1",
+            "localhost/x",
+            "x/.localhost",
+        ] {
+            assert!(!is_admin_host(bad.as_bytes(), lo), "{bad:?}");
+        }
+        assert!(!is_admin_host(b"\xfflocalhost", lo));
+        // Off loopback only IP literals: `localhost` there is not the admin's own address.
+        assert!(is_admin_host(b"10.1.2.3:15000", pod));
+        assert!(is_admin_host(b"[fd00::1]:15000", pod));
+        for bad in ["localhost:15000", "app.localhost", "evil.example"] {
+            assert!(!is_admin_host(bad.as_bytes(), pod), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_name_a_request_carries_is_checked() {
+        let lo: SocketAddr = "127.0.0.1:15000".parse().unwrap();
+        let req = |uri: &str, hosts: &[&str]| {
+            let mut b = Request::builder().uri(uri);
+            for h in hosts {
+                b = b.header(header::HOST, *h);
+            }
+            b.body(()).unwrap()
+        };
+        assert!(addressed_to_admin(
+            &req("/config_dump", &["127.0.0.1:15000"]),
+            lo
+        ));
+        assert!(addressed_to_admin(
+            &req("/config_dump", &["localhost:15000"]),
+            lo
+        ));
+        // HTTP/1.0 from a script: no Host at all.
+        assert!(addressed_to_admin(&req("/config_dump", &[]), lo));
+        assert!(addressed_to_admin(
+            &req("http://[::1]:15000/clusters", &[]),
+            lo
+        ));
+        assert!(!addressed_to_admin(
+            &req("/config_dump", &["evil.example:15000"]),
+            lo
+        ));
+        // HTTP/2's `:authority`, or an absolute-form target, is a name too.
+        assert!(!addressed_to_admin(
+            &req("http://evil.example:15000/config_dump", &[]),
+            lo
+        ));
+        assert!(!addressed_to_admin(
+            &req(
+                "http://evil.example:15000/config_dump",
+                &["127.0.0.1:15000"]
+            ),
+            lo
+        ));
+        assert!(!addressed_to_admin(
+            &req(
+                "http://127.0.0.1:15000/config_dump",
+                &["evil.example:15000"]
+            ),
+            lo
+        ));
+        // A second Host header cannot hide a rebound name behind a good one.
+        assert!(!addressed_to_admin(
+            &req("/config_dump", &["127.0.0.1:15000", "evil.example:15000"]),
+            lo
+        ));
     }
 
     fn limits() -> Limits {

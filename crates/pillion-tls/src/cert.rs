@@ -241,8 +241,16 @@ fn run_workload(a: &WorkloadArgs) -> Result<String, CertError> {
 
 /// Makes a self-signed CA for `trust_domain`, valid for `days`.
 pub fn make_ca(trust_domain: &str, days: u32) -> Result<Ca, CertError> {
+    make_ca_with(trust_domain, Validity::Days(days))
+}
+
+/// Makes a self-signed CA for `trust_domain` with the given validity (an expired or a
+/// not-yet-valid one too, to test that it is refused).
+pub fn make_ca_with(trust_domain: &str, validity: Validity) -> Result<Ca, CertError> {
     validate_trust_domain(trust_domain)?;
-    validate_days(days)?;
+    if let Validity::Days(days) = validity {
+        validate_days(days)?;
+    }
     let key = KeyPair::generate().map_err(signing)?;
     let mut params = CertificateParams::default();
     // A short key fingerprint tells apart CAs made for the same trust domain.
@@ -261,7 +269,7 @@ pub fn make_ca(trust_domain: &str, days: u32) -> Result<Ca, CertError> {
         KeyUsagePurpose::DigitalSignature,
     ];
     params.subject_alt_names = vec![SanType::URI(ia5(&format!("spiffe://{trust_domain}"))?)];
-    let (not_before, not_after) = validity(Validity::Days(days));
+    let (not_before, not_after) = self::validity(validity);
     params.not_before = not_before;
     params.not_after = not_after;
     let cert = params.self_signed(&key).map_err(signing)?;

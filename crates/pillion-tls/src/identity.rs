@@ -60,10 +60,25 @@ pub(crate) fn peer_identity(der: &[u8]) -> Option<Arc<str>> {
     info.spiffe_id.or(info.first_dns).map(Arc::from)
 }
 
-/// The end of a certificate's validity period, in Unix seconds.
-pub(crate) fn not_after(der: &[u8]) -> Option<i64> {
+/// What Pillion reads from a CA certificate: whom it names, and when it is valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CaInfo {
+    /// The subject, as `O=..., CN=...` (empty if the certificate has none).
+    pub(crate) subject: String,
+    /// The start of the validity period, in Unix seconds.
+    pub(crate) not_before: i64,
+    /// The end of the validity period, in Unix seconds.
+    pub(crate) not_after: i64,
+}
+
+/// Parses a DER CA certificate's subject and validity period; `None` if it is not X.509.
+pub(crate) fn parse_ca(der: &[u8]) -> Option<CaInfo> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    Some(cert.validity().not_after.timestamp())
+    Some(CaInfo {
+        subject: cert.subject().to_string(),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+    })
 }
 
 /// Whether `name` is a DNS host name: dot-separated labels of letters, digits, `-` and `_`,

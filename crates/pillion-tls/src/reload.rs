@@ -8,9 +8,9 @@
 //!
 //! A change is applied once the files stop changing (two reads `settle` apart agree), so a
 //! certificate and key rewritten one after the other load together instead of being rejected
-//! as mismatched in between. A rejected change (a malformed or mismatched file, or a
-//! certificate outside its validity period) is logged at ERROR and counted once; the old
-//! config keeps serving until the files change again.
+//! as mismatched in between. A rejected change (a malformed or mismatched file, a certificate
+//! outside its validity period, or CA bundles with no certificate within it) is logged at ERROR
+//! and counted once; the old config keeps serving until the files change again.
 //!
 //! The task holds only a `Weak` to its owner and is also aborted when the owner is dropped.
 

@@ -296,6 +296,61 @@ async fn expired_or_not_yet_valid_certificates_are_refused_and_the_old_one_kept(
 }
 
 #[tokio::test]
+async fn a_ca_bundle_with_no_certificate_in_date_is_refused_and_a_rotation_bundle_loaded() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // NOTE: the test runtime is single-threaded, so the watcher task logs on this thread.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut s = setup().await;
+    assert_eq!(presented(&mut s.server, &s.prober).await, Some(id("a")));
+    let ca = s.pki.ca_path();
+    let expired =
+        pillion_tls::cert::make_ca_with(TD, pillion_tls::cert::Validity::Expired).unwrap();
+    rewrite(&ca, &expired.cert_pem);
+    eventually!(
+        "the expired bundle refused",
+        reloads(&s.registry, "error") >= 1.0
+    );
+    // The previous bundle still verifies the prober's certificate, which the expired CA did
+    // not sign.
+    assert_eq!(presented(&mut s.server, &s.prober).await, Some(id("a")));
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("rejected changed TLS files") && l.contains("tls=\"inbound\""))
+        .unwrap_or_else(|| panic!("no error line in {text}"));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains(&ca.display().to_string()), "{line}");
+    assert!(
+        line.contains("no CA certificate is within its validity period"),
+        "{line}"
+    );
+    assert!(line.contains("certificate #1"), "{line}");
+    assert!(line.contains("expired at"), "{line}");
+    assert_eq!(reloads(&s.registry, "ok"), 0.0);
+
+    // A CA rotation: the expired CA beside the current one is loaded, with a WARN.
+    rewrite(&ca, &format!("{}{}", expired.cert_pem, s.pki.ca.cert_pem));
+    eventually!(
+        "the rotation bundle loaded",
+        reloads(&s.registry, "ok") >= 1.0
+    );
+    assert_eq!(presented(&mut s.server, &s.prober).await, Some(id("a")));
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("CA certificate #1 expired at"))
+        .unwrap_or_else(|| panic!("no warning in {text}"));
+    assert!(line.contains(&ca.display().to_string()), "{line}");
+    assert_eq!(reloads(&s.registry, "error"), 1.0);
+}
+
+#[tokio::test]
 async fn client_certificate_is_reloaded() {
     let mut s = setup().await;
     let (cert, key) = s.pki.workload("web", &id("web-1"));
