@@ -1,9 +1,20 @@
-//! Opaque TCP relay (`protocol: tcp`): bytes both ways, half-close, and the tcp metrics.
+//! Opaque TCP relay (`protocol: tcp`): bytes both ways, half-close, the tcp metrics, and a client
+//! that leaves while the relay's endpoint is still being connected.
 
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pillion_tests::mtls::{cluster_tls, read_certs, spiffe, Pki};
 use pillion_tests::upstream::Upstream;
-use pillion_tests::{free_addr, within, Proxy};
+use pillion_tests::{eventually, free_addr, within, Proxy};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::PrivateKeyDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 
 /// Reads until EOF, then answers with the number of bytes read and closes.
 async fn count_then_reply() -> Upstream {
@@ -186,4 +197,199 @@ clusters:
     })
     .await;
     assert_eq!(received.load(Ordering::SeqCst), payload.len());
+}
+
+// === a client that leaves while the endpoint is being connected ===
+//
+// An endpoint reached over TLS (the cluster originates it) that accepts TCP and holds the
+// handshake keeps the relay's connect pending for as long as a test likes, deterministically.
+
+/// The identity the held endpoints' certificates name.
+fn endpoint_id() -> String {
+    spiffe("default", "endpoint")
+}
+
+/// A proxy whose `tcp` and `auto` listeners relay to one endpoint.
+struct RelayProxy {
+    proxy: Proxy,
+    tcp: SocketAddr,
+    auto: SocketAddr,
+}
+
+/// A proxy with a `tcp` and an `auto` listener relaying to `endpoint` over TLS, with a JSON access
+/// log at `log` and a connect timeout far longer than any test step.
+async fn relay_over_tls(endpoint: SocketAddr, ca: &Path, log: &Path) -> RelayProxy {
+    let (tcp, auto) = (free_addr(), free_addr());
+    let tls = cluster_tls(None, ca, &[&endpoint_id()]);
+    let proxy = Proxy::start(&format!(
+        r#"
+access_log:
+  path: {log}
+listeners:
+  - name: tcp
+    address: {tcp}
+    protocol: tcp
+    cluster: held
+  - name: auto
+    address: {auto}
+    protocol: auto
+    cluster: held
+clusters:
+  - name: held
+    endpoints: [{endpoint}]
+    connect_timeout: 10m
+    tls: {tls}
+"#,
+        log = log.display()
+    ))
+    .await;
+    RelayProxy { proxy, tcp, auto }
+}
+
+/// The TCP lines of the access log.
+fn tcp_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|l: &serde_json::Value| l["protocol"] == "TCP")
+        .collect()
+}
+
+#[tokio::test]
+async fn a_client_gone_while_the_endpoint_is_connecting_cancels_the_connect() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    // Reads the proxy's ClientHello and never answers; counts the connections the proxy closed.
+    let closed = Arc::new(AtomicUsize::new(0));
+    let count = closed.clone();
+    let endpoint = Upstream::tcp(move |mut tcp| {
+        let count = count.clone();
+        async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(1..) = tcp.read(&mut buf).await {}
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let relay = relay_over_tls(endpoint.addr(), &ca.pem, &log).await;
+
+    // A client that closes (FIN), then one that resets (RST), each while its relay waits for
+    // the endpoint's handshake, without having sent a byte.
+    for (n, reset) in [(1, false), (2, true)] {
+        let client = TcpStream::connect(relay.tcp).await.expect("connect");
+        eventually("the relay connecting to its endpoint", || async {
+            (endpoint.connections() == n).then_some(())
+        })
+        .await;
+        if reset {
+            socket2::SockRef::from(&client)
+                .set_linger(Some(Duration::ZERO))
+                .expect("SO_LINGER 0");
+        }
+        drop(client);
+        // Without the cancel, the connect would go on to its 10 minute timeout.
+        eventually("the relay dropping its pending connect", || async {
+            (closed.load(Ordering::SeqCst) == n).then_some(())
+        })
+        .await;
+        let lines = eventually("the connection's access-log line", || {
+            let lines = tcp_lines(&log);
+            async move { (lines.len() == n).then_some(lines) }
+        })
+        .await;
+        let line = &lines[n - 1];
+        assert_eq!(line["response_flags"], "DC", "reset: {reset}: {line}");
+        assert_eq!(line["bytes_received"], 0, "{line}");
+        assert_eq!(line["bytes_sent"], 0, "{line}");
+        assert!(line["upstream_host"].is_null(), "{line}");
+    }
+    let labels = [("listener", "tcp"), ("cluster", "held")];
+    let m = relay
+        .proxy
+        .wait_metric("pillion_tcp_connections_closed_total", &labels, 2.0)
+        .await;
+    assert_eq!(m.sum("pillion_tcp_connections_active", &labels), 0.0);
+}
+
+#[tokio::test]
+async fn bytes_and_a_half_close_sent_while_the_endpoint_is_connecting_are_still_relayed() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let cert = pki.workload(&ca, "endpoint", "endpoint", &endpoint_id(), &[]);
+    let key = PrivateKeyDer::from_pem_file(&cert.key).expect("endpoint key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(read_certs(&cert.cert), key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    // Accepts TCP, holds the handshake until the test releases it, then reads to EOF and
+    // answers with what it read.
+    let release = Arc::new(Semaphore::new(0));
+    let held = release.clone();
+    let endpoint = Upstream::tcp(move |tcp| {
+        let (held, acceptor) = (held.clone(), acceptor.clone());
+        async move {
+            let Ok(permit) = held.acquire().await else {
+                return;
+            };
+            permit.forget();
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let mut got = Vec::new();
+            if tls.read_to_end(&mut got).await.is_err() {
+                return;
+            }
+            let answer = format!("read {:?}", String::from_utf8_lossy(&got));
+            let _ = tls.write_all(answer.as_bytes()).await;
+            let _ = tls.shutdown().await;
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let relay = relay_over_tls(endpoint.addr(), &ca.pem, &log).await;
+
+    // On the `auto` listener the bytes were read by protocol detection first.
+    for (n, (listener, addr)) in [("tcp", relay.tcp), ("auto", relay.auto)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        client.write_all(b"hello\n").await.expect("write");
+        client.shutdown().await.expect("half-close");
+        eventually("the relay connecting to its endpoint", || async {
+            (endpoint.connections() == n + 1).then_some(())
+        })
+        .await;
+        let labels = [("listener", listener), ("cluster", "held")];
+        // The relay has read the bytes while its connect is pending (the EOF came right behind).
+        relay
+            .proxy
+            .wait_metric("pillion_tcp_rx_bytes_total", &labels, 6.0)
+            .await;
+        release.add_permits(1);
+        let mut answer = String::new();
+        within("the answer, to EOF", client.read_to_string(&mut answer))
+            .await
+            .expect("read");
+        assert_eq!(answer, r#"read "hello\n""#, "{listener}");
+        let lines = eventually("the connection's access-log line", || {
+            let lines = tcp_lines(&log);
+            async move { (lines.len() == n + 1).then_some(lines) }
+        })
+        .await;
+        let line = &lines[n];
+        assert_eq!(line["listener"], listener, "{line}");
+        assert_eq!(line["response_flags"], "-", "{line}");
+        assert_eq!(line["bytes_received"], 6, "{line}");
+        assert_eq!(line["upstream_host"], endpoint.addr().to_string(), "{line}");
+    }
 }

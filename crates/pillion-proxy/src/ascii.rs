@@ -28,6 +28,14 @@ pub(crate) fn eq_lower(bytes: &[u8], lower: &[u8]) -> bool {
     at == len || eq_word(word(bytes, len - 8), word(lower, len - 8))
 }
 
+/// Whether the comma-separated list `value` (a `Connection` or `TE` value) holds `token` but for
+/// ASCII case, where `token` has no upper-case letter.
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| eq_lower(t.trim_ascii(), token))
+}
+
 /// Whether the words `x` and `y` hold the same bytes but for ASCII case, where `y` has no
 /// upper-case letter: each byte either is equal or differs by 0x20 where `y`'s is `a`-`z`.
 fn eq_word(x: u64, y: u64) -> bool {
@@ -58,7 +66,7 @@ fn short_word(s: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::eq_lower;
+    use super::{eq_lower, has_token};
 
     /// Every pair of bytes in every position of slices of several lengths: `eq_lower` agrees
     /// with the standard library wherever its precondition holds.
@@ -100,5 +108,16 @@ mod tests {
         // '@' / '`' and '[' / '{' sit just outside the letters.
         assert!(!eq_lower(b"@", b"`"));
         assert!(!eq_lower(b"[", b"{"));
+    }
+
+    #[test]
+    fn tokens_of_a_list() {
+        assert!(has_token(b"trailers", b"trailers"));
+        assert!(has_token(b"gzip, Trailers", b"trailers"));
+        assert!(has_token(b"gzip,trailers ,deflate", b"trailers"));
+        assert!(!has_token(b"gzip", b"trailers"));
+        assert!(!has_token(b"", b"trailers"));
+        assert!(!has_token(b"trailers;q=0.5", b"trailers"));
+        assert!(!has_token(b"x-trailers", b"trailers"));
     }
 }

@@ -13,13 +13,13 @@
 //! 431), so this server only ever serves what it fully understands.
 //!
 //! What it keeps of hyper's behaviour: responses are framed by their `Content-Length`, else by
-//! the body's exact size, else chunked (with trailers); a `date` header is added when missing;
-//! `Connection: close` from the client, or a graceful close, ends the connection after the
-//! response; a client that hangs up while its request is in flight cancels that request; a body
-//! that fails mid-way aborts the connection.
+//! the body's exact size, else chunked (with trailers for a client that sent `TE: trailers`); a
+//! `date` header is added when missing; `Connection: close` from the client, or a graceful close,
+//! ends the connection after the response; a client that hangs up while its request is in flight
+//! cancels that request; a body that fails mid-way aborts the connection.
 
 use crate::{
-    ascii::eq_lower,
+    ascii::{eq_lower, has_token},
     h1_client::{parse_decimal, put_header, MAX_HEAD, MAX_HEADERS},
     http::{handle, ConnCtx, Downstream, NoBody, ProxyBody},
     io::{Activity, PrefixedIo},
@@ -69,11 +69,20 @@ pub(crate) struct Server {
 // NOTE: the request is the common case; boxing it would cost an allocation per request.
 #[allow(clippy::large_enum_variant)]
 enum Next {
-    Request(Request<NoBody>, bool),
+    Request(Request<NoBody>, Wants),
     /// The client closed the connection, or it is closing, between requests.
     End,
     /// A request for hyper's server.
     Other,
+}
+
+/// What a request's head asks of its response.
+#[derive(Debug, Clone, Copy, Default)]
+struct Wants {
+    /// `Connection: close`: the connection ends after the response.
+    close: bool,
+    /// `TE: trailers`: the client takes a trailer section.
+    trailers: bool,
 }
 
 /// How a response body is framed on the wire.
@@ -122,8 +131,8 @@ where
         date: CachedDate::default(),
     };
     loop {
-        let (req, close) = match conn.read_head(&s.closing).await? {
-            Next::Request(req, close) => (req, close),
+        let (req, wants) = match conn.read_head(&s.closing).await? {
+            Next::Request(req, wants) => (req, wants),
             Next::End => return Ok(()),
             // NOTE: boxed; hyper's connection state is large and the common connection never
             // needs it.
@@ -141,8 +150,8 @@ where
         .await;
         // The client hung up: dropping the exchange cancels the request upstream.
         let Some(rsp) = rsp else { return Ok(()) };
-        let close = close || s.closing.load(Ordering::Relaxed);
-        conn.respond(rsp, is_head, close).await?;
+        let close = wants.close || s.closing.load(Ordering::Relaxed);
+        conn.respond(rsp, is_head, close, wants.trailers).await?;
         if !conn.buf.is_empty() {
             // Part of a pipelined request came while this one was served: its head timeout
             // runs from now.
@@ -224,7 +233,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         let base = self.buf.as_ptr() as usize;
         let at = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
         self.spans.clear();
-        let (len, method, target, close) = {
+        let (len, method, target, wants) = {
             let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
             let mut req = httparse::Request::new(&mut []);
             let len = match httparse::ParserConfig::default()
@@ -239,12 +248,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
                 return Some(Next::Other);
             };
-            let mut close = false;
+            let mut wants = Wants::default();
             let mut length = false;
             for h in req.headers.iter() {
                 match simple_header(h.name, h.value) {
                     None => return Some(Next::Other),
-                    Some(Simple::Close) => close = true,
+                    Some(Simple::Close) => wants.close = true,
+                    Some(Simple::Trailers) => wants.trailers = true,
                     // NOTE: a `0` length, repeated, goes upstream once (as hyper does).
                     Some(Simple::Length) if std::mem::replace(&mut length, true) => continue,
                     Some(_) => {}
@@ -253,7 +263,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 let (vs, vl) = at(h.value);
                 self.spans.push((ns, nl, vs, vl));
             }
-            (len, at(method.as_bytes()), at(path.as_bytes()), close)
+            (len, at(method.as_bytes()), at(path.as_bytes()), wants)
         };
         let method = &self.buf[method.0 as usize..(method.0 + method.1) as usize];
         let method = match Method::from_bytes(method) {
@@ -275,7 +285,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 *req.uri_mut() = uri;
                 *req.version_mut() = Version::HTTP_11;
                 *req.headers_mut() = headers;
-                Some(Next::Request(req, close))
+                Some(Next::Request(req, wants))
             }
             None => {
                 // Put the head back for hyper, which answers it (400). Rare: a copy is fine.
@@ -308,12 +318,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         Poll::Pending
     }
 
-    /// Writes the response: its head, then its body as the body yields it.
+    /// Writes the response: its head, then its body as the body yields it, with its trailers
+    /// when the client takes them (`trailers`).
     async fn respond(
         &mut self,
         rsp: http::Response<ProxyBody>,
         is_head: bool,
         close: bool,
+        trailers: bool,
     ) -> Result<(), BoxError> {
         let (parts, body) = rsp.into_parts();
         tokio::pin!(body);
@@ -426,9 +438,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             let data = match frame.into_data() {
                 Ok(data) => data,
                 Err(frame) => {
-                    if let (Framing::Chunked, Ok(trailers)) = (framing, frame.into_trailers()) {
+                    if let (Framing::Chunked, Ok(fields)) = (framing, frame.into_trailers()) {
                         self.out.extend_from_slice(b"0\r\n");
-                        for (name, value) in &trailers {
+                        // NOTE: a client that did not send `TE: trailers` gets the body without
+                        // them, as from hyper's server: a sender does not generate trailers the
+                        // recipient did not ask for (RFC 9110, section 6.5.1).
+                        let sent = fields.iter().filter(|_| trailers);
+                        for (name, value) in sent {
                             if crate::http::headers::forbidden_trailer(name) {
                                 continue;
                             }
@@ -510,6 +526,8 @@ enum Simple {
     Length,
     /// `Connection` with `close`.
     Close,
+    /// `TE` with `trailers`.
+    Trailers,
     Other,
 }
 
@@ -523,12 +541,11 @@ fn simple_header(name: &str, value: &[u8]) -> Option<Simple> {
     if is(b"transfer-encoding") || is(b"expect") || is(b"upgrade") {
         return None;
     }
-    if is(b"connection")
-        && value
-            .split(|&b| b == b',')
-            .any(|t| eq_lower(t.trim_ascii(), b"close"))
-    {
+    if is(b"connection") && has_token(value, b"close") {
         return Some(Simple::Close);
+    }
+    if is(b"te") && has_token(value, b"trailers") {
+        return Some(Simple::Trailers);
     }
     Some(Simple::Other)
 }
@@ -613,10 +630,10 @@ mod tests {
     fn a_bodyless_head_is_taken_and_what_follows_stays() {
         let mut c =
             conn(b"GET /a?b=1 HTTP/1.1\r\nHost: svc\r\nX-One: 1\r\nx-one: 2\r\n\r\nGET /next");
-        let Some(Next::Request(req, close)) = c.parse() else {
+        let Some(Next::Request(req, wants)) = c.parse() else {
             panic!("a request")
         };
-        assert!(!close);
+        assert!(!wants.close && !wants.trailers);
         assert_eq!(req.method(), Method::GET);
         assert_eq!(req.uri(), "/a?b=1");
         assert_eq!(req.version(), Version::HTTP_11);
@@ -627,11 +644,30 @@ mod tests {
         assert!(c.parse().is_none(), "a partial head waits");
 
         let mut c = conn(b"OPTIONS * HTTP/1.1\r\nconnection: keep-alive, Close\r\n\r\n");
-        let Some(Next::Request(req, close)) = c.parse() else {
+        let Some(Next::Request(req, wants)) = c.parse() else {
             panic!("a request")
         };
-        assert!(close);
+        assert!(wants.close);
         assert_eq!(req.uri(), "*");
+    }
+
+    #[test]
+    fn te_trailers_is_read_among_other_codings() {
+        for (te, trailers) in [
+            ("TE: trailers\r\n", true),
+            ("te: gzip, Trailers\r\n", true),
+            ("TE: gzip\r\nTE: trailers\r\n", true),
+            ("TE: gzip\r\n", false),
+            ("x-te: trailers\r\n", false),
+            ("", false),
+        ] {
+            let head = format!("GET / HTTP/1.1\r\nhost: svc\r\n{te}\r\n");
+            let mut c = conn(head.as_bytes());
+            let Some(Next::Request(_, wants)) = c.parse() else {
+                panic!("a request: {head:?}")
+            };
+            assert_eq!(wants.trailers, trailers, "{head:?}");
+        }
     }
 
     #[test]

@@ -639,7 +639,7 @@ async fn serve_tcp<I>(
         e.upstream_host = outcome.upstream;
         e.bytes_received = outcome.rx;
         e.bytes_sent = outcome.tx;
-        e.response_flags = outcome.error.map_or("-", ProxyError::flag);
+        e.response_flags = outcome.flag();
         log.log(e);
     }
 }

@@ -9,8 +9,15 @@ use bytes::BytesMut;
 use pillion_layers::{balance::Pick, outlier::Outcome as EndpointOutcome};
 use pillion_telemetry::TcpStats;
 use pillion_tls::MaybeTls;
-use std::{net::SocketAddr, time::Duration};
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::{
+    future::{poll_fn, Future},
+    mem::MaybeUninit,
+    net::SocketAddr,
+    pin::{pin, Pin},
+    task::Poll,
+    time::Duration,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -20,6 +27,9 @@ const BUF_START: usize = 16 * 1024;
 /// transfers). Reading everything the kernel has queued in one call halves the relay's CPU per
 /// byte against 256 KiB; 1 MiB is also Envoy's default per-connection buffer limit.
 const BUF_MAX: usize = 1024 * 1024;
+/// The most a client's bytes kept while its endpoint is being connected; past it the relay stops
+/// reading (and so watching) the client until the endpoint is connected.
+const EARLY_MAX: usize = BUF_START;
 
 /// How a relay went, for the access log.
 #[derive(Debug, Default, Clone, Copy)]
@@ -32,6 +42,9 @@ pub struct Outcome {
     pub tx: u64,
     /// Why the relay did not happen.
     pub error: Option<ProxyError>,
+    /// The client went away (closed before sending a byte, or reset) while its endpoint was
+    /// being connected, and the connect was dropped.
+    pub downstream_closed: bool,
 }
 
 /// A connection to an endpoint of a relay's cluster, and the bytes already read from it.
@@ -50,6 +63,19 @@ pub struct Opened {
 pub struct Failed {
     upstream: Option<SocketAddr>,
     error: ProxyError,
+}
+
+// === impl Outcome ===
+
+impl Outcome {
+    /// The access log's response flag (Envoy's short codes): `DC` (downstream connection
+    /// termination) for a client gone before its endpoint was connected.
+    pub fn flag(&self) -> &'static str {
+        if self.downstream_closed {
+            return "DC";
+        }
+        self.error.map_or("-", ProxyError::flag)
+    }
 }
 
 /// Picks an endpoint of `cluster` and connects to it within its connect timeout.
@@ -83,14 +109,18 @@ pub async fn open(cluster: &Cluster) -> Result<Opened, Failed> {
 /// until both directions are done. A FIN from one side is passed on as a write shutdown while
 /// the other direction keeps flowing.
 ///
+/// While the endpoint is being connected, the client is watched (see [`connect_watching`]): one
+/// that goes away first (closes before sending a byte, or resets) drops the connect and ends the
+/// relay, as Envoy does, rather than reach the app as a connection opened and closed at once.
+///
 /// The relay ends early when `idle` resolves (the downstream moved no byte for the listener's
 /// idle timeout).
 pub async fn relay<I>(
     downstream: I,
     cluster: &Cluster,
-    upstream: impl std::future::Future<Output = Result<Opened, Failed>>,
+    upstream: impl Future<Output = Result<Opened, Failed>>,
     stats: &TcpStats,
-    idle: impl std::future::Future<Output = ()>,
+    idle: impl Future<Output = ()>,
 ) -> Outcome
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -100,14 +130,24 @@ where
     let mut downstream = CountedIo::new(downstream, stats.rx_bytes.clone(), stats.tx_bytes.clone());
     stats.opened.inc();
     stats.active.inc();
-    match upstream.await {
-        Err(failed) => {
+    let mut early = BytesMut::new();
+    match connect_watching(&mut downstream, upstream, &mut early).await {
+        None => {
+            debug!(
+                cluster = cluster.name(),
+                "the client left before its endpoint was connected: connect dropped"
+            );
+            outcome.downstream_closed = true;
+        }
+        Some(Err(failed)) => {
             outcome.upstream = failed.upstream;
             outcome.error = Some(failed.error);
         }
-        Ok(opened) => {
+        Some(Ok(opened)) => {
             outcome.upstream = Some(opened.addr);
             let mut upstream = PrefixedIo::new(opened.early, opened.io);
+            // What the client sent while the endpoint was being connected goes first.
+            let mut downstream = PrefixedIo::new(early, &mut downstream);
             let copy = copy_bidirectional(&mut downstream, &mut upstream);
             tokio::select! {
                 copied = copy => match copied {
@@ -125,6 +165,58 @@ where
     stats.active.dec();
     stats.closed.inc();
     outcome
+}
+
+/// Awaits `connect` while watching `downstream`: `None` when the client closes its connection
+/// before sending a byte, or fails, first; `connect` is dropped then.
+///
+/// Watching is reading: the bytes the client sends meanwhile (those of protocol detection
+/// first, replayed by the stream) are kept in `early`, up to [`EARLY_MAX`], for the relay to send
+/// first. An EOF after bytes is a half-close, which the relay passes on once connected.
+///
+/// NOTE: `connect` is polled first, so an endpoint connected already (during detection) costs
+/// no read here. The downstream is read, not peeked: it may be TLS, or carry detection bytes.
+async fn connect_watching<I, T>(
+    downstream: &mut I,
+    connect: impl Future<Output = T>,
+    early: &mut BytesMut,
+) -> Option<T>
+where
+    I: AsyncRead + Unpin,
+{
+    let mut connect = pin!(connect);
+    let mut watching = true;
+    poll_fn(|cx| {
+        if let Poll::Ready(done) = connect.as_mut().poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        while watching {
+            // NOTE: on the stack, so a client that sends nothing costs no allocation.
+            let mut scratch = [MaybeUninit::<u8>::uninit(); 4096];
+            let mut buf = ReadBuf::uninit(&mut scratch);
+            match Pin::new(&mut *downstream).poll_read(cx, &mut buf) {
+                Poll::Pending => break,
+                Poll::Ready(Err(err)) => {
+                    debug!(%err, "the client's connection failed during the endpoint's connect");
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    if early.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    // NOTE: the relay reads this EOF again after `early`: a TCP or TLS stream
+                    // that ended stays ended.
+                    watching = false;
+                }
+                Poll::Ready(Ok(())) => {
+                    early.extend_from_slice(buf.filled());
+                    watching = early.len() < EARLY_MAX;
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Copies both ways until both directions reached EOF, passing each EOF on as a write shutdown
@@ -276,6 +368,67 @@ mod tests {
         assert_eq!(sizer.next_len_at(BUF_MAX, BUF_MAX / 2, never), BUF_MAX);
     }
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_client_gone_before_its_endpoint_is_connected_drops_the_connect() {
+        // Closed without a byte.
+        let (client, mut downstream) = tokio::io::duplex(64);
+        drop(client);
+        let (connected, connect) = tokio::sync::oneshot::channel::<()>();
+        let mut early = BytesMut::new();
+        assert!(connect_watching(&mut downstream, connect, &mut early)
+            .await
+            .is_none());
+        assert!(connected.is_closed(), "the connect is dropped");
+
+        // Reset.
+        struct Reset;
+        impl AsyncRead for Reset {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                _: &mut ReadBuf<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()))
+            }
+        }
+        let (connected, connect) = tokio::sync::oneshot::channel::<()>();
+        assert!(connect_watching(&mut Reset, connect, &mut early)
+            .await
+            .is_none());
+        assert!(connected.is_closed(), "the connect is dropped");
+    }
+
+    #[tokio::test]
+    async fn bytes_and_a_half_close_before_the_endpoint_is_connected_wait_for_it() {
+        let (mut client, mut downstream) = tokio::io::duplex(64);
+        client.write_all(b"hello").await.unwrap();
+        client.shutdown().await.unwrap();
+        let (connected, connect) = tokio::sync::oneshot::channel::<u8>();
+        let mut early = BytesMut::new();
+        let got = {
+            let mut watching = pin!(connect_watching(&mut downstream, connect, &mut early));
+            // The bytes and the EOF are read; the connect goes on.
+            assert!(futures_util::poll!(&mut watching).is_pending());
+            connected.send(7).unwrap();
+            watching.await
+        };
+        assert_eq!(got, Some(Ok(7)));
+        assert_eq!(&early[..], b"hello", "kept for the relay to send first");
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_connected_already_costs_no_read() {
+        let (mut client, mut downstream) = tokio::io::duplex(64);
+        client.write_all(b"hello").await.unwrap();
+        let mut early = BytesMut::new();
+        let connected = connect_watching(&mut downstream, async { 7 }, &mut early).await;
+        assert_eq!(connected, Some(7));
+        assert!(early.is_empty());
+        let mut unread = [0; 5];
+        downstream.read_exact(&mut unread).await.unwrap();
+        assert_eq!(&unread, b"hello");
+    }
 
     #[tokio::test]
     async fn copies_both_ways_and_passes_half_close_on() {

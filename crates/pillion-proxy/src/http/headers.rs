@@ -24,9 +24,10 @@ pub struct Rewrite {
 }
 
 /// Removes the hop-by-hop headers: those named in `Connection` and the fixed set that HTTP/2
-/// forbids. `TE: trailers` is kept, as gRPC needs it end to end, and so is `Host` whatever
-/// `Connection` names (a request without it is malformed). A `Content-Length` beside a
-/// `Transfer-Encoding` goes too: it does not describe the body passed on (RFC 9112, section 6.3).
+/// forbids. `TE: trailers` is kept, as gRPC needs it end to end (a `TE` that lists `trailers`
+/// among other codings becomes it), and so is `Host` whatever `Connection` names (a request
+/// without it is malformed). A `Content-Length` beside a `Transfer-Encoding` goes too: it does
+/// not describe the body passed on (RFC 9112, section 6.3).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of these: one pass over the names (standard names compare
     // without hashing) avoids the hashed removals.
@@ -55,9 +56,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &ALWAYS_HOP {
         headers.remove(name);
     }
-    if let Some(te) = headers.get(header::TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+    if headers.contains_key(header::TE) {
+        let te = headers.get_all(header::TE);
+        let trailers = te
+            .iter()
+            .any(|v| crate::ascii::has_token(v.as_bytes(), b"trailers"));
+        let mut values = te.iter();
+        let as_is = matches!((values.next(), values.next()), (Some(v), None) if v == "trailers");
+        // NOTE: only `trailers` goes on, alone and in lower case: it is the one value HTTP/2
+        // allows (RFC 9113, section 8.2.2; the h2 crate compares it byte for byte), and it tells
+        // the upstream the client takes trailers whatever else its `TE` listed.
+        if !trailers {
             headers.remove(header::TE);
+        } else if !as_is {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
     }
 }
@@ -293,6 +305,23 @@ mod tests {
         let mut h = map(&[("te", "trailers"), ("connection", "te")]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn te_keeps_only_its_trailers_token() {
+        for (te, want) in [
+            (&[("te", "gzip, Trailers")][..], Some("trailers")),
+            (&[("te", "Trailers")], Some("trailers")),
+            (&[("te", "gzip"), ("te", "trailers")], Some("trailers")),
+            (&[("te", "trailers"), ("te", "deflate")], Some("trailers")),
+            (&[("te", "gzip")], None),
+            (&[("te", "gzip;q=0.5, deflate")], None),
+        ] {
+            let mut h = map(te);
+            strip_hop_by_hop(&mut h);
+            let got: Vec<_> = h.get_all(header::TE).iter().collect();
+            assert_eq!(got, want.into_iter().collect::<Vec<_>>(), "{te:?}");
+        }
     }
 
     #[test]
