@@ -393,3 +393,68 @@ async fn bytes_and_a_half_close_sent_while_the_endpoint_is_connecting_are_still_
         assert_eq!(line["upstream_host"], endpoint.addr().to_string(), "{line}");
     }
 }
+
+// === a reset mid-relay, flagged by the side that reset ===
+
+/// Drops `tcp` with SO_LINGER 0: the peer gets a reset, not a FIN.
+fn reset(tcp: TcpStream) {
+    socket2::SockRef::from(&tcp)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER 0");
+    drop(tcp);
+}
+
+#[tokio::test]
+async fn a_reset_mid_relay_is_logged_against_the_side_that_reset_it() {
+    // Echoes one message; then, on the second connection, resets its end.
+    let endpoint = Upstream::tcp(|mut tcp| async move {
+        let mut buf = [0u8; 64];
+        let Ok(n @ 1..) = tcp.read(&mut buf).await else {
+            return;
+        };
+        let _ = tcp.write_all(&buf[..n]).await;
+        if &buf[..n] == b"then reset" {
+            reset(tcp);
+        } else {
+            while let Ok(1..) = tcp.read(&mut buf).await {}
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let listen = free_addr();
+    let _proxy = Proxy::start(&format!(
+        "access_log:\n  path: {}\nlisteners:\n  - name: db\n    address: {listen}\n    protocol: tcp\n    cluster: db\nclusters:\n  - name: db\n    endpoints: [{}]\n",
+        log.display(),
+        endpoint.addr()
+    ))
+    .await;
+
+    // The client resets a relay in full flow: its own doing, `DC`, not the endpoint's `UR`.
+    // The endpoint resets the next one: `UR`.
+    for (n, message, flag) in [(1, &b"hello"[..], "DC"), (2, b"then reset", "UR")] {
+        let mut client = TcpStream::connect(listen).await.expect("connect");
+        client.write_all(message).await.expect("write");
+        let mut echoed = vec![0u8; message.len()];
+        within("the echo through the relay", client.read_exact(&mut echoed))
+            .await
+            .expect("echo");
+        assert_eq!(echoed, message);
+        if flag == "DC" {
+            reset(client);
+        } else {
+            // The endpoint's reset reaches the client as the end of its connection.
+            let mut rest = Vec::new();
+            let _ = within("the relay closing", client.read_to_end(&mut rest)).await;
+        }
+        let lines = eventually("the connection's access-log line", || {
+            let lines = tcp_lines(&log);
+            async move { (lines.len() == n).then_some(lines) }
+        })
+        .await;
+        let line = &lines[n - 1];
+        assert_eq!(line["response_flags"], flag, "{line}");
+        assert_eq!(line["upstream_host"], endpoint.addr().to_string(), "{line}");
+        assert_eq!(line["bytes_received"], message.len(), "{line}");
+    }
+}

@@ -40,11 +40,29 @@ pub struct Outcome {
     pub rx: u64,
     /// Bytes sent to the downstream client.
     pub tx: u64,
-    /// Why the relay did not happen.
+    /// Why the relay did not happen, or was cut by the endpoint's side.
     pub error: Option<ProxyError>,
-    /// The client went away (closed before sending a byte, or reset) while its endpoint was
-    /// being connected, and the connect was dropped.
+    /// The client went away: it closed before sending a byte, or reset, while its endpoint was
+    /// being connected (and the connect was dropped), or its connection failed mid-relay.
     pub downstream_closed: bool,
+}
+
+/// Which of the two connections given to [`copy_bidirectional`] an I/O error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The first (the downstream client, in a relay).
+    A,
+    /// The second (the endpoint).
+    B,
+}
+
+/// An I/O error that ended a [`copy_bidirectional`], and the side whose read or write failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{side:?} side: {source}")]
+pub struct CopyError {
+    pub side: Side,
+    #[source]
+    pub source: std::io::Error,
 }
 
 /// A connection to an endpoint of a relay's cluster, and the bytes already read from it.
@@ -69,7 +87,7 @@ pub struct Failed {
 
 impl Outcome {
     /// The access log's response flag (Envoy's short codes): `DC` (downstream connection
-    /// termination) for a client gone before its endpoint was connected.
+    /// termination) for a client gone before its endpoint was connected or reset mid-relay.
     pub fn flag(&self) -> &'static str {
         if self.downstream_closed {
             return "DC";
@@ -154,7 +172,11 @@ where
                     Ok((rx, tx)) => debug!(cluster = cluster.name(), rx, tx, "relay done"),
                     Err(err) => {
                         debug!(cluster = cluster.name(), %err, "relay ended with an error");
-                        outcome.error = Some(ProxyError::UpstreamReset);
+                        // NOTE: a client's reset is its own doing, not the endpoint's.
+                        match err.side {
+                            Side::A => outcome.downstream_closed = true,
+                            Side::B => outcome.error = Some(ProxyError::UpstreamReset),
+                        }
                     }
                 },
                 _ = idle => debug!(cluster = cluster.name(), "idle timeout: closing the relay"),
@@ -220,8 +242,9 @@ where
 }
 
 /// Copies both ways until both directions reached EOF, passing each EOF on as a write shutdown
-/// while the other direction keeps flowing. Returns the bytes copied (a to b, b to a).
-pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+/// while the other direction keeps flowing. Returns the bytes copied (a to b, b to a), or the
+/// first error and whose it was.
+pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> Result<(u64, u64), CopyError>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -229,8 +252,8 @@ where
     let (mut ar, mut aw) = tokio::io::split(a);
     let (mut br, mut bw) = tokio::io::split(b);
     tokio::try_join!(
-        copy_one_way(&mut ar, &mut bw),
-        copy_one_way(&mut br, &mut aw)
+        copy_one_way(&mut ar, &mut bw, [Side::A, Side::B]),
+        copy_one_way(&mut br, &mut aw, [Side::B, Side::A])
     )
 }
 
@@ -246,23 +269,28 @@ const SHRINK_AFTER: Duration = Duration::from_secs(1);
 /// Copies `r` to `w` until EOF, then shuts `w` down. The buffer starts at [`BUF_START`] and
 /// doubles, up to [`BUF_MAX`], each time a read fills it; it goes back to [`BUF_START`] at the
 /// first small read once no read has filled it for [`SHRINK_AFTER`], so a bulk transfer that
-/// turns quiet gives its memory back.
-async fn copy_one_way<R, W>(r: &mut R, w: &mut W) -> std::io::Result<u64>
+/// turns quiet gives its memory back. An error is `r`'s or `w`'s, named by `[reader, writer]`.
+async fn copy_one_way<R, W>(
+    r: &mut R,
+    w: &mut W,
+    [reader, writer]: [Side; 2],
+) -> Result<u64, CopyError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let failed = |side| move |source| CopyError { side, source };
     let mut buf = vec![0u8; BUF_START];
     let mut sizer = BufSizer::default();
     let mut total = 0u64;
     loop {
-        let n = r.read(&mut buf).await?;
+        let n = r.read(&mut buf).await.map_err(failed(reader))?;
         if n == 0 {
-            w.shutdown().await?;
+            w.shutdown().await.map_err(failed(writer))?;
             return Ok(total);
         }
-        w.write_all(&buf[..n]).await?;
+        w.write_all(&buf[..n]).await.map_err(failed(writer))?;
         total += n as u64;
         let len = buf.len();
         let next = sizer.next_len(len, n);
