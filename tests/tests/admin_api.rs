@@ -200,6 +200,23 @@ async fn readiness_can_be_failed_and_restored_by_hand() {
     assert_eq!(call(health, "GET", "/ready").await.status, StatusCode::OK);
 }
 
+/// A request to the dead route gets the proxy's 502, which pillion_proxy logs at debug.
+async fn proxy_error_logged_at_debug(proxy: &Proxy, listen: SocketAddr) {
+    assert_eq!(
+        call(listen, "GET", "/dead").await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    eventually("a DEBUG line from pillion_proxy", || {
+        let log = proxy.log_text();
+        async move {
+            log.lines()
+                .any(|l| l.contains("DEBUG") && l.contains("pillion_proxy"))
+                .then_some(())
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn log_levels_change_at_run_time() {
     let (_echo, proxy, listen) = start().await;
@@ -229,38 +246,14 @@ async fn log_levels_change_at_run_time() {
     );
 
     // A proxy error is logged at debug by pillion_proxy now.
-    assert_eq!(
-        call(listen, "GET", "/dead").await.status,
-        StatusCode::BAD_GATEWAY
-    );
-    eventually("a DEBUG line from pillion_proxy", || {
-        let log = proxy.log_text();
-        async move {
-            log.lines()
-                .any(|l| l.contains("DEBUG") && l.contains("pillion_proxy"))
-                .then_some(())
-        }
-    })
-    .await;
+    proxy_error_logged_at_debug(&proxy, listen).await;
 }
 
 #[tokio::test]
 async fn a_bare_target_in_the_log_filter_logs_every_level_of_it() {
     // As with RUST_LOG=hyper: a word that is no level's near miss names a target.
     let (_echo, proxy, listen) = start_with_args(&["--log-level", "warn,pillion_proxy"]).await;
-    assert_eq!(
-        call(listen, "GET", "/dead").await.status,
-        StatusCode::BAD_GATEWAY
-    );
-    eventually("a DEBUG line from pillion_proxy", || {
-        let log = proxy.log_text();
-        async move {
-            log.lines()
-                .any(|l| l.contains("DEBUG") && l.contains("pillion_proxy"))
-                .then_some(())
-        }
-    })
-    .await;
+    proxy_error_logged_at_debug(&proxy, listen).await;
     let log = proxy.log_text();
     assert!(
         !log.lines()
