@@ -185,6 +185,19 @@ impl Write for Logs {
 }
 
 impl Logs {
+    /// Captures what this thread logs until the guard drops.
+    ///
+    /// NOTE: the test runtime is single-threaded, so the watcher task logs on this thread.
+    fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
@@ -192,14 +205,7 @@ impl Logs {
 
 #[tokio::test]
 async fn garbage_keeps_the_old_cert_and_counts_an_error() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    // NOTE: the test runtime is single-threaded, so the watcher task logs on this thread.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Logs::capture();
 
     let mut s = setup().await;
     assert_eq!(presented(&mut s.server, &s.prober).await, Some(id("a")));
@@ -240,14 +246,7 @@ async fn garbage_keeps_the_old_cert_and_counts_an_error() {
 
 #[tokio::test]
 async fn expired_or_not_yet_valid_certificates_are_refused_and_the_old_one_kept() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    // NOTE: the test runtime is single-threaded, so the watcher task logs on this thread.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Logs::capture();
 
     let mut s = setup().await;
     assert_eq!(presented(&mut s.server, &s.prober).await, Some(id("a")));
@@ -297,14 +296,7 @@ async fn expired_or_not_yet_valid_certificates_are_refused_and_the_old_one_kept(
 
 #[tokio::test]
 async fn a_ca_bundle_with_no_certificate_in_date_is_refused_and_a_rotation_bundle_loaded() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    // NOTE: the test runtime is single-threaded, so the watcher task logs on this thread.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Logs::capture();
 
     let mut s = setup().await;
     assert_eq!(presented(&mut s.server, &s.prober).await, Some(id("a")));
