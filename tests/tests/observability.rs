@@ -617,6 +617,41 @@ async fn a_client_gone_before_the_response_head_is_logged_dc_with_status_0() {
 }
 
 #[tokio::test]
+async fn a_client_gone_mid_body_is_logged_dc_with_the_status_it_got() {
+    let mut s = ClientGone::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(s.http)
+        .await
+        .expect("connect");
+    tcp.write_all(b"GET /cut HTTP/1.1\r\nhost: svc\r\n\r\n")
+        .await
+        .expect("write");
+    s.upstream_got("/cut").await;
+    // The head and the first chunk come through; the rest never does.
+    let mut got = Vec::new();
+    pillion_tests::within("the head and the first chunk", async {
+        while !got.windows(5).any(|w| w == b"first") {
+            let mut buf = [0; 1024];
+            let n = tcp.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(got.starts_with(b"HTTP/1.1 200 "), "{got:?}");
+    drop(tcp);
+    let line = s.line("/cut").await;
+    assert_eq!(line["response_flags"], "DC", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["bytes_sent"], 5, "{line}");
+    // The head was sent, so the request counts with its status.
+    let m = s.proxy.metrics().await;
+    assert_eq!(
+        m.sum("pillion_http_requests_total", &[("status_code", "200")]),
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn an_http2_stream_reset_by_the_client_is_logged_dc_and_its_neighbour_is_not() {
     let mut s = ClientGone::start().await;
     let tcp = tokio::net::TcpStream::connect(s.http)
@@ -656,4 +691,65 @@ async fn an_http2_stream_reset_by_the_client_is_logged_dc_and_its_neighbour_is_n
     assert_eq!(ok["status"], 200, "{ok}");
     assert_eq!(ok["protocol"], "HTTP/2", "{ok}");
     conn.abort();
+}
+
+#[tokio::test]
+async fn a_response_sent_whole_before_its_upstream_end_of_stream_is_not_dc() {
+    // An HTTP/2 upstream that sends all of its `Content-Length` but holds its END_STREAM back
+    // (some servers send it in a frame of its own, later): hyper's server, which has written the
+    // whole length, drops the body without waiting for it. The client got everything.
+    let app = Upstream::tcp(|tcp| async move {
+        let Ok(mut conn) = h2::server::handshake(tcp).await else {
+            return;
+        };
+        let mut held = Vec::new();
+        while let Some(Ok((_req, mut respond))) = conn.accept().await {
+            let rsp = http::Response::builder()
+                .header("content-length", "5")
+                .body(())
+                .expect("response");
+            if let Ok(mut body) = respond.send_response(rsp, false) {
+                let _ = body.send_data(bytes::Bytes::from_static(b"whole"), false);
+                held.push(body);
+            }
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let http = free_addr();
+    let _proxy = Proxy::start(&format!(
+        "access_log:\n  path: {}\nlisteners:\n  - name: web\n    address: {http}\n    \
+         protocol: http\n    cluster: app\nclusters:\n  - name: app\n    protocol: http2\n    \
+         endpoints: [{}]\n",
+        log.display(),
+        app.addr()
+    ))
+    .await;
+
+    // A POST with a body, so hyper's server answers it.
+    let mut tcp = tokio::net::TcpStream::connect(http).await.expect("connect");
+    tcp.write_all(b"POST /whole HTTP/1.1\r\nhost: svc\r\ncontent-length: 2\r\n\r\nhi")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    pillion_tests::within("the whole response", async {
+        while !got.ends_with(b"\r\n\r\nwhole") {
+            let mut buf = [0; 1024];
+            let n = tcp.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let line = eventually("the access-log line", || {
+        let line = read_json_lines(&log).into_iter().next();
+        async move { line }
+    })
+    .await;
+    assert_eq!(line["response_flags"], "-", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["bytes_sent"], 5, "{line}");
+    // The client is still there.
+    drop(tcp);
 }
