@@ -1,6 +1,7 @@
 //! Observability: the metric catalogue counted exactly after a known mix of traffic (read with a
 //! real Prometheus text-format parser), access-log lines, request ids and trace context.
 
+use futures_util::StreamExt as _;
 use http::StatusCode;
 use pillion_tests::upstream::Upstream;
 use pillion_tests::{client, eventually, free_addr, Echo, H1Client, Proxy};
@@ -498,4 +499,257 @@ async fn sigusr1_reopens_a_rotated_access_log() {
         "SIGUSR1 must not stop the proxy"
     );
     drop(c);
+}
+
+/// A proxy logging JSON to a file in front of an HTTP/1.1 upstream that tells `seen` the path of
+/// every request it has read whole (body included), then: `/hold` never answers; `/cut` sends its
+/// head and a first chunk (`first`), then never ends its body; anything else is `200 ok`.
+struct ClientGone {
+    proxy: Proxy,
+    http: SocketAddr,
+    log: std::path::PathBuf,
+    seen: tokio::sync::mpsc::UnboundedReceiver<String>,
+    _dir: tempfile::TempDir,
+    _app: Upstream,
+}
+
+impl ClientGone {
+    async fn start() -> Self {
+        use bytes::Bytes;
+        use http_body_util::BodyExt;
+        let (tx, seen) = tokio::sync::mpsc::unbounded_channel();
+        let handler = move |req: http::Request<hyper::body::Incoming>| {
+            let tx = tx.clone();
+            async move {
+                let path = req.uri().path().to_owned();
+                let _ = req.into_body().collect().await;
+                let _ = tx.send(path.clone());
+                match path.as_str() {
+                    "/hold" => std::future::pending().await,
+                    "/cut" => {
+                        let first = futures_util::stream::once(async {
+                            Ok::<_, client::BoxError>(http_body::Frame::data(Bytes::from_static(
+                                b"first",
+                            )))
+                        });
+                        let frames = first.chain(futures_util::stream::pending());
+                        http::Response::new(client::stream_body(frames))
+                    }
+                    _ => http::Response::new(client::full("ok")),
+                }
+            }
+        };
+        let app = Upstream::http1(handler).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("access.log");
+        let http = free_addr();
+        let proxy = Proxy::start(&format!(
+            "access_log:\n  path: {}\nlisteners:\n  - name: web\n    address: {http}\n    \
+             protocol: http\n    cluster: app\nclusters:\n  - name: app\n    endpoints: [{}]\n",
+            log.display(),
+            app.addr()
+        ))
+        .await;
+        Self {
+            proxy,
+            http,
+            log,
+            seen,
+            _dir: dir,
+            _app: app,
+        }
+    }
+
+    /// Waits until the upstream has read the request for `path`.
+    async fn upstream_got(&mut self, path: &str) {
+        let got = pillion_tests::within("the upstream to get the request", self.seen.recv()).await;
+        assert_eq!(got.as_deref(), Some(path));
+    }
+
+    /// The access-log line of the request for `path`, once written.
+    async fn line(&self, path: &str) -> serde_json::Value {
+        eventually(&format!("the access-log line of {path}"), || {
+            let line = read_json_lines(&self.log)
+                .into_iter()
+                .find(|l| l["path"] == path);
+            async move { line }
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+async fn a_client_gone_before_the_response_head_is_logged_dc_with_status_0() {
+    let mut s = ClientGone::start().await;
+    // A GET (the proxy's own HTTP/1.1 server), then a POST with a body (hyper's server).
+    for (method, head) in [
+        ("GET", "GET /hold HTTP/1.1\r\nhost: svc\r\n\r\n"),
+        (
+            "POST",
+            "POST /hold HTTP/1.1\r\nhost: svc\r\ncontent-length: 5\r\n\r\nhello",
+        ),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(s.http)
+            .await
+            .expect("connect");
+        tcp.write_all(head.as_bytes()).await.expect("write");
+        s.upstream_got("/hold").await;
+        drop(tcp);
+        let line = eventually(&format!("the access-log line of the {method}"), || {
+            let line = read_json_lines(&s.log)
+                .into_iter()
+                .find(|l| l["method"] == method);
+            async move { line }
+        })
+        .await;
+        assert_eq!(line["response_flags"], "DC", "{line}");
+        assert_eq!(line["status"], 0, "{line}");
+        assert_eq!(line["protocol"], "HTTP/1.1", "{line}");
+        assert_eq!(line["bytes_sent"], 0, "{line}");
+        let body = if method == "POST" { 5 } else { 0 };
+        assert_eq!(line["bytes_received"], body, "{line}");
+        assert_eq!(line["route"], "default", "{line}");
+        assert_eq!(line["cluster"], "app", "{line}");
+    }
+    // No response, so no status to count it under.
+    let m = s.proxy.metrics().await;
+    assert_eq!(m.sum("pillion_http_requests_total", &[]), 0.0);
+}
+
+#[tokio::test]
+async fn a_client_gone_mid_body_is_logged_dc_with_the_status_it_got() {
+    let mut s = ClientGone::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(s.http)
+        .await
+        .expect("connect");
+    tcp.write_all(b"GET /cut HTTP/1.1\r\nhost: svc\r\n\r\n")
+        .await
+        .expect("write");
+    s.upstream_got("/cut").await;
+    // The head and the first chunk come through; the rest never does.
+    let mut got = Vec::new();
+    pillion_tests::within("the head and the first chunk", async {
+        while !got.windows(5).any(|w| w == b"first") {
+            let mut buf = [0; 1024];
+            let n = tcp.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(got.starts_with(b"HTTP/1.1 200 "), "{got:?}");
+    drop(tcp);
+    let line = s.line("/cut").await;
+    assert_eq!(line["response_flags"], "DC", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["bytes_sent"], 5, "{line}");
+    // The head was sent, so the request counts with its status.
+    let m = s.proxy.metrics().await;
+    assert_eq!(
+        m.sum("pillion_http_requests_total", &[("status_code", "200")]),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn an_http2_stream_reset_by_the_client_is_logged_dc_and_its_neighbour_is_not() {
+    let mut s = ClientGone::start().await;
+    let tcp = tokio::net::TcpStream::connect(s.http)
+        .await
+        .expect("connect");
+    let (h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let mut h2 = h2.ready().await.expect("ready");
+    let req = |path: &str| {
+        http::Request::get(format!("http://svc{path}"))
+            .body(())
+            .expect("request")
+    };
+    let (held, mut stream) = h2.send_request(req("/hold"), true).expect("send /hold");
+    s.upstream_got("/hold").await;
+    stream.send_reset(h2::Reason::CANCEL);
+    drop(held);
+
+    // The connection stays open: the next stream on it completes.
+    let mut h2 = h2.ready().await.expect("ready");
+    let (rsp, _) = h2.send_request(req("/ok"), true).expect("send /ok");
+    let rsp = pillion_tests::within("the /ok response", rsp)
+        .await
+        .expect("/ok response");
+    assert_eq!(rsp.status(), StatusCode::OK);
+    let mut body = rsp.into_body();
+    while let Some(data) = pillion_tests::within("the /ok body", body.data()).await {
+        data.expect("/ok body");
+    }
+
+    let line = s.line("/hold").await;
+    assert_eq!(line["response_flags"], "DC", "{line}");
+    assert_eq!(line["status"], 0, "{line}");
+    assert_eq!(line["protocol"], "HTTP/2", "{line}");
+    let ok = s.line("/ok").await;
+    assert_eq!(ok["response_flags"], "-", "{ok}");
+    assert_eq!(ok["status"], 200, "{ok}");
+    assert_eq!(ok["protocol"], "HTTP/2", "{ok}");
+    conn.abort();
+}
+
+#[tokio::test]
+async fn a_response_sent_whole_before_its_upstream_end_of_stream_is_not_dc() {
+    // An HTTP/2 upstream that sends all of its `Content-Length` but holds its END_STREAM back
+    // (some servers send it in a frame of its own, later): hyper's server, which has written the
+    // whole length, drops the body without waiting for it. The client got everything.
+    let app = Upstream::tcp(|tcp| async move {
+        let Ok(mut conn) = h2::server::handshake(tcp).await else {
+            return;
+        };
+        let mut held = Vec::new();
+        while let Some(Ok((_req, mut respond))) = conn.accept().await {
+            let rsp = http::Response::builder()
+                .header("content-length", "5")
+                .body(())
+                .expect("response");
+            if let Ok(mut body) = respond.send_response(rsp, false) {
+                let _ = body.send_data(bytes::Bytes::from_static(b"whole"), false);
+                held.push(body);
+            }
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let http = free_addr();
+    let _proxy = Proxy::start(&format!(
+        "access_log:\n  path: {}\nlisteners:\n  - name: web\n    address: {http}\n    \
+         protocol: http\n    cluster: app\nclusters:\n  - name: app\n    protocol: http2\n    \
+         endpoints: [{}]\n",
+        log.display(),
+        app.addr()
+    ))
+    .await;
+
+    // A POST with a body, so hyper's server answers it.
+    let mut tcp = tokio::net::TcpStream::connect(http).await.expect("connect");
+    tcp.write_all(b"POST /whole HTTP/1.1\r\nhost: svc\r\ncontent-length: 2\r\n\r\nhi")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    pillion_tests::within("the whole response", async {
+        while !got.ends_with(b"\r\n\r\nwhole") {
+            let mut buf = [0; 1024];
+            let n = tcp.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let line = eventually("the access-log line", || {
+        let line = read_json_lines(&log).into_iter().next();
+        async move { line }
+    })
+    .await;
+    assert_eq!(line["response_flags"], "-", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["bytes_sent"], 5, "{line}");
+    // The client is still there.
+    drop(tcp);
 }

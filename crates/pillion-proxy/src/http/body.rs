@@ -1,7 +1,7 @@
 //! Body types: the response body (upstream's stream or a small local one) and the request body
 //! sent upstream, each counting bytes for the access log when it is on.
 
-use super::log::PendingLog;
+use super::log::{PendingLog, DOWNSTREAM_GONE};
 use crate::{
     io::{BodyEnd, RequestGuard},
     pool::UpstreamBody,
@@ -35,6 +35,24 @@ pin_project_lite::pin_project! {
         request: Option<RequestGuard>,
         deadline: Option<Pin<Box<Deadline>>>,
         idle: Option<IdleTimer>,
+    }
+
+    impl PinnedDrop for ProxyBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // NOTE: every end the proxy sees (the end of the stream, an error, a cut) writes the
+            // line before this. hyper drops a body without asking for its end once the body says
+            // it has ended, or once it has all the `Content-Length` it framed (an HTTP/2
+            // upstream may send its END_STREAM after the last data). So an upstream body dropped
+            // with its line pending, with data still to come, was dropped because the client
+            // went away mid-body (its connection failed or closed, or it reset the HTTP/2
+            // stream). A local body is not counted: a response to `HEAD` drops one unread.
+            if let (Some(log), Kind::Upstream { body }) = (this.log.as_mut(), &*this.kind) {
+                if !body.is_end_stream() && body.size_hint().exact() != Some(0) {
+                    log.entry.response_flags = DOWNSTREAM_GONE;
+                }
+            }
+        }
     }
 }
 

@@ -120,7 +120,12 @@ pub async fn handle<B: Into<Downstream>>(
     // id or trace context the proxy sets.
     headers::strip_hop_by_hop(req.headers_mut());
     let ids = ids::apply(req.headers_mut(), l.request_id, l.trace_context);
+    let target = route.map(|r| (r, r.target()));
     let mut log = l.access_log.as_ref().zip(entry).map(|(log, mut entry)| {
+        // NOTE: set before the request goes upstream, so a line written because the client went
+        // away before the response names them too.
+        entry.route = route.map(|r| r.name_arc());
+        entry.cluster = target.map(|(_, t)| t.cluster.name_arc());
         entry.request_id = ids
             .request_id
             .as_ref()
@@ -131,7 +136,6 @@ pub async fn handle<B: Into<Downstream>>(
             .map(|t| String::from_utf8_lossy(&t).into_owned());
         Box::new(PendingLog::new(log.clone(), entry, start))
     });
-    let target = route.map(|r| (r, r.target()));
     let mut upstream = Upstream::default();
     let allowed = |p: &Option<pillion_tls::authz::Policy>| {
         p.as_ref().is_none_or(|p| {
@@ -184,8 +188,6 @@ pub async fn handle<B: Into<Downstream>>(
     if let Some(mut log) = log {
         let e = &mut log.entry;
         e.status = Some(status);
-        e.route = route.map(|r| r.name_arc());
-        e.cluster = target.map(|(_, t)| t.cluster.name_arc());
         e.upstream_host = upstream.host;
         e.upstream_service_time = upstream.service_time;
         rsp.body_mut().set_log(log);
